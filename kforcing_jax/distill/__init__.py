@@ -1,0 +1,1 @@
+"""Distillation: the inverse CDF / noise inversion, self-forcing targets and losses."""

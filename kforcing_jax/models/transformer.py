@@ -1,0 +1,215 @@
+"""`KForcingLM`: the AR teacher (k_max = 0) and the push-forward LM (k_max >= 1) as one linen module.
+
+Both share the backbone parameter names, so an AR teacher's params are a subtree of the student's and the
+reference's weight transfer (method.md §6) is a dict merge. Methods:
+  __call__        AR full forward                         tok_BxN -> logits_BxNxV
+  staircase       push-forward training forward            (ctx_BxW, noise_BxWxK, tau_B) -> logits_BxWxKxV
+  double_forward  the k->2k teacher's second pass          (ctx_BxW, y1_BxWxK, noise2_BxWxK, tau_B) -> logits_BxWxKxV
+  decode          one cached decode step (AR or push-forward), ragged rows
+"""
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kforcing_jax.models import attention
+from kforcing_jax.models.config import ModelConfig
+from kforcing_jax.models.layers import Block, LayerNorm, NoiseEncoder, constrain, kernel_init, part
+
+NEG_LOGIT = -1000.0
+
+
+def _staircase_attend(q, k, v, state, *, w, kk, impl, block_q, block_k):
+  b, _, h, d = q.shape
+  split = lambda x: (x[:, :w], x[:, w:].reshape(b, w, kk, h, d))
+  (qc, qh), (kc, kh), (vc, vh) = split(q), split(k), split(v)
+  oc, oh = attention.staircase_attention(qc, kc, vc, qh, kh, vh, impl=impl, block_q=block_q, block_k=block_k)
+  return jnp.concatenate([oc, oh.reshape(b, w * kk, h, d)], 1), state
+
+
+def _decode_attend(q, k, v, layer_cache, *, start_B, kv_len_B, pos_BxQ, n_ctx, impl):
+  kc, vc = layer_cache
+  kc = attention.write_cache(kc, k[:, :n_ctx], start_B)
+  vc = attention.write_cache(vc, v[:, :n_ctx], start_B)
+  kh, vh = (k[:, n_ctx:], v[:, n_ctx:]) if q.shape[1] > n_ctx else (None, None)
+  o = attention.decode_attention(q, pos_BxQ, kc, vc, kv_len_B, n_ctx, kh, vh, impl=impl)
+  return o, (kc, vc)
+
+
+def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> dict:
+  """A zeroed KV cache: per-layer [B, size, H, D] keys/values and the per-row number of valid slots.
+
+  Args:
+    cfg: model config.
+    batch: rows.
+    size: slots per row; must cover the longest position written plus one step's queries.
+    dtype: cache dtype (default: the compute dtype).
+  Returns:
+    {"k": [L arrays], "v": [L arrays], "len": int32 [B]}.
+  """
+  shape = (batch, size, cfg.num_heads, cfg.head_dim)
+  dtype = dtype or cfg.dtype
+  zeros = lambda: [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)]
+  return {"k": zeros(), "v": zeros(), "len": jnp.zeros((batch,), jnp.int32)}
+
+
+class KForcingLM(nn.Module):
+  """Transformer backbone (+ noise encoder when cfg.k_max >= 1); see the module docstring for the methods."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed = nn.Embed(cfg.vocab_size, cfg.d_model, param_dtype=cfg.param_dtype, dtype=cfg.dtype,
+                          embedding_init=part(kernel_init, ("vocab", "embed")))
+    block = nn.remat(Block, static_argnums=(3, 5)) if cfg.remat else Block
+    self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    self.final_norm = LayerNorm(cfg)
+    # Zero-initialised head as in the reference's DDitFinalLayer.
+    self.head = nn.Dense(cfg.vocab_size, dtype=jnp.float32, param_dtype=cfg.param_dtype,
+                         kernel_init=part(nn.initializers.zeros, ("embed", "vocab")),
+                         bias_init=part(nn.initializers.zeros, ("vocab",)))
+    if cfg.is_pflm:
+      self.noise_encoder = NoiseEncoder(cfg)
+
+  # ---- shared pieces ----
+  def _logits(self, x):
+    logits = self.head(self.final_norm(x))
+    if self.cfg.mask_index >= 0:
+      logits = logits.at[..., self.cfg.mask_index].set(NEG_LOGIT)
+    return constrain(logits, ("batch", "length", "vocab"))
+
+  def _run(self, x, pos, attend, states, deterministic):
+    new_states = []
+    for i, blk in enumerate(self.blocks):
+      x, s = blk(x, pos, attend, None if states is None else states[i], deterministic)
+      new_states.append(s)
+    return x, new_states
+
+  def _check_k(self, k: int, allow_double: bool = False):
+    if not self.cfg.is_pflm:
+      raise ValueError("this is an AR model (k_max=0): it has no noise encoder")
+    hi = 2 * self.cfg.k_max if allow_double else self.cfg.k_max
+    if not 1 <= k <= hi:
+      raise ValueError(f"K={k} outside 1..{hi} (k_max={self.cfg.k_max})")
+
+  def _check_len(self, n: int):
+    if n > self.cfg.max_len:
+      raise ValueError(f"sequence of {n} positions exceeds max_len={self.cfg.max_len}")
+
+  def encode_hints(self, noise_BxWxK, tau_B):
+    return self.noise_encoder(noise_BxWxK, tau_B)
+
+  # ---- AR ----
+  def __call__(self, tok_BxN, deterministic: bool = True):
+    """AR forward: next-token logits [B, N, V] (float32) at every position."""
+    b, n = tok_BxN.shape
+    self._check_len(n)
+    pos = jnp.broadcast_to(jnp.arange(n), (b, n))
+    attend = lambda q, k, v, s: (attention.causal_attention(q, k, v), s)
+    x, _ = self._run(self.embed(tok_BxN), pos, attend, None, deterministic)
+    return self._logits(x)
+
+  # ---- push-forward training ----
+  def staircase_from_hints(self, ctx_BxW, hint_BxWxKxD, deterministic: bool = True, return_ctx_logits=False):
+    """Staircase forward with given hint embeddings (noise hints, or real tokens for the double forward)."""
+    b, w = ctx_BxW.shape
+    kk = hint_BxWxKxD.shape[2]
+    self._check_len(w + kk)
+    x = jnp.concatenate([self.embed(ctx_BxW), hint_BxWxKxD.reshape(b, w * kk, -1).astype(self.cfg.dtype)], 1)
+    pos_h = (jnp.arange(w)[:, None] + jnp.arange(1, kk + 1)[None, :]).reshape(-1)
+    pos = jnp.broadcast_to(jnp.concatenate([jnp.arange(w), pos_h]), (b, w + w * kk))
+    attend = functools.partial(_staircase_attend, w=w, kk=kk, impl=self.cfg.attention_impl,
+                               block_q=self.cfg.block_q, block_k=self.cfg.block_k)
+    x, _ = self._run(constrain(x, ("batch", "length", "embed")), pos, attend, None, deterministic)
+    hint_logits = self._logits(x[:, w:]).reshape(b, w, kk, -1)
+    if return_ctx_logits:
+      return hint_logits, self._logits(x[:, :w])
+    return hint_logits
+
+  def staircase(self, ctx_BxW, noise_BxWxK, tau_B, deterministic: bool = True, return_ctx_logits=False):
+    """Push-forward training forward (the reference's global staircase mask).
+
+    Args:
+      ctx_BxW: context tokens c_0..c_{W-1}; window t predicts the tokens at positions t+1..t+K.
+      noise_BxWxK: uniform noises, one per (window, slot).
+      tau_B: temperature fed to the noise encoder.
+      deterministic: no dropout when True.
+      return_ctx_logits: also return the context stream's next-token logits [B, W, V].
+    Returns:
+      Hint logits [B, W, K, V] (float32), and the context logits if asked.
+    """
+    self._check_k(noise_BxWxK.shape[-1])
+    hints = self.encode_hints(noise_BxWxK, tau_B)
+    return self.staircase_from_hints(ctx_BxW, hints, deterministic, return_ctx_logits)
+
+  def double_forward(self, ctx_BxW, y1_BxWxK, noise2_BxWxK, tau_B):
+    """The k-model's second rollout step for every window at once (method.md §6, step 3).
+
+    Args:
+      ctx_BxW: data contexts.
+      y1_BxWxK: the model's own first-step tokens (positions t+1..t+k), fed back as real tokens.
+      noise2_BxWxK: noises of the second step (positions t+k+1..t+2k).
+      tau_B: temperature.
+    Returns:
+      Logits [B, W, K, V] of the second step's hints.
+    """
+    kk = y1_BxWxK.shape[-1]
+    self._check_k(kk)
+    self._check_k(noise2_BxWxK.shape[-1])
+    hints = jnp.concatenate([self.embed(y1_BxWxK), self.encode_hints(noise2_BxWxK, tau_B)], 2)
+    return self.staircase_from_hints(ctx_BxW, hints, True)[:, :, kk:]
+
+  # ---- decoding ----
+  def decode(self, tok_BxT, n_new_B, cache, noise_BxK: Optional[jax.Array] = None, tau_B=None,
+             ctx_logits: str = "none"):
+    """One cached decode step: write T context tokens per row, then (push-forward) read K hint logits.
+
+    Row b's tokens go to positions cache["len"][b] + 0..T-1; only the first n_new_B[b] are real (the rest are
+    padding that stays masked until overwritten). Hint i (1-based) sits at position len_new - 1 + i, the position
+    of the token it predicts; hints attend to every valid slot and to earlier hints, and are never cached.
+
+    Args:
+      tok_BxT: context tokens to append (a prompt at prefill, the previous step's tokens afterwards).
+      n_new_B: how many of the T tokens are real, per row (>= 1).
+      cache: from `init_cache`; cache["len"] is the number of valid slots per row.
+      noise_BxK: uniform noises for K hints (push-forward), or None (AR step).
+      tau_B: temperature fed to the noise encoder (push-forward only).
+      ctx_logits: "none" | "last" (logits after the last real token, [B, V]) | "all" ([B, T, V]).
+    Returns:
+      (ctx logits or None, hint logits [B, K, V] or None, new cache).
+    """
+    b, t = tok_BxT.shape
+    start = cache["len"]
+    kv_len = start + n_new_B.astype(jnp.int32)
+    x = self.embed(tok_BxT)
+    pos = start[:, None] + jnp.arange(t)[None, :]
+    if noise_BxK is not None:
+      kk = noise_BxK.shape[-1]
+      self._check_k(kk)
+      hints = self.encode_hints(noise_BxK[:, None, :], tau_B)[:, 0]
+      x = jnp.concatenate([x, hints.astype(x.dtype)], 1)
+      pos = jnp.concatenate([pos, kv_len[:, None] - 1 + jnp.arange(1, kk + 1)[None, :]], 1)
+    attend = functools.partial(_decode_attend, start_B=start, kv_len_B=kv_len, pos_BxQ=pos, n_ctx=t,
+                               impl=self.cfg.attention_impl)
+    states = list(zip(cache["k"], cache["v"]))
+    x, new_states = self._run(x, pos, attend, states, True)
+    new_cache = {"k": [s[0] for s in new_states], "v": [s[1] for s in new_states], "len": kv_len}
+    hint_logits = self._logits(x[:, t:]) if noise_BxK is not None else None
+    if ctx_logits == "all":
+      out = self._logits(x[:, :t])
+    elif ctx_logits == "last":
+      last = jnp.take_along_axis(x[:, :t], (n_new_B - 1)[:, None, None].astype(jnp.int32), 1)
+      out = self._logits(last)[:, 0]
+    else:
+      out = None
+    return out, hint_logits, new_cache
+
+  def init_all(self, tok_BxN):
+    """Touches every parameter (for `init`): the AR forward, plus the noise encoder of a push-forward LM."""
+    out = self(tok_BxN)
+    if self.cfg.is_pflm:
+      b, n = tok_BxN.shape
+      out = self.staircase(tok_BxN[:, : n - 1], jnp.zeros((b, n - 1, 1)), jnp.ones((b,)))
+    return out

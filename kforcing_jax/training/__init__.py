@@ -1,0 +1,1 @@
+"""Training: mesh and sharding rules, checkpoints, the train loop."""
