@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12.8",
     "tensorflow-datasets>=4.9.10",
+    "importlib-resources>=6.0",  # tfds 4.9.10 imports it lazily (builder code paths) without declaring it
     "ml-collections>=1.1.0",
     # What the design needs: TF-free input pipeline, tokenizers, the embedded corpus, logging.
     "absl-py>=2.1",

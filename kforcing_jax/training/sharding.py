@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from kforcing_jax.training import mesh_presets
+
 # Data parallel over "data", tensor parallel over "model" (heads, MLP and vocab split; embeddings replicated).
 DEFAULT_MESH = (("data", -1), ("model", 1))
 DEFAULT_RULES = (
@@ -32,11 +34,14 @@ def make_mesh(mesh_spec: Sequence = DEFAULT_MESH, devices: Optional[Sequence] = 
   """Builds a mesh (Auto axis types) from [(name, size)], one size may be -1.
 
   Args:
-    mesh_spec: axis names and sizes.
+    mesh_spec: axis names and sizes; or {"ici": [...], "dcn": [...]} for a multislice (hybrid ICI/DCN) mesh,
+      built by `mesh_presets.make_hybrid_mesh`.
     devices: devices to lay out (default: all global devices).
   Returns:
     A `jax.sharding.Mesh`.
   """
+  if mesh_presets.is_hybrid(mesh_spec):
+    return mesh_presets.make_hybrid_mesh(mesh_spec, devices)
   devices = list(jax.devices() if devices is None else devices)
   names = tuple(str(n) for n, _ in mesh_spec)
   sizes = [int(s) for _, s in mesh_spec]

@@ -1,0 +1,39 @@
+r"""The demo's scale: a 4 x 256 AR teacher on the King James Bible (BPE 4096) and its k = 1 -> 2 -> 4 students.
+
+  python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=ar --workdir /tmp/kf/ar
+  python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=1 --workdir /tmp/kf/k1 \
+      --config.teacher_workdir=/tmp/kf/ar
+  python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=2 --workdir /tmp/kf/k2 \
+      --config.teacher_workdir=/tmp/kf/k1
+  python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=4 --workdir /tmp/kf/k4 \
+      --config.teacher_workdir=/tmp/kf/k2
+
+Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, runlocal (a 20-step smoke run).
+Hardware: 2-core AMD EPYC CPU, 24 GiB, no accelerator. Wall-clock: see docs/results.md for the measured numbers.
+"""
+from kforcing_jax.training import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, stage="ar", k=1, targets="self_forcing", runlocal=False)
+  c = config_lib.base_config()
+  c.stage, c.k, c.targets = a.stage, a.k, a.targets
+  c.model.update(vocab_size=4096, num_layers=4, d_model=256, num_heads=4, mlp_dim=1024, max_len=128)
+  c.data.update(name="kjv", tokenizer="bpe", vocab_size=4096, packing="pack")
+  c.seq_len = 128
+  c.batch_size = 16
+  if a.stage == "ar":
+    c.num_steps = 600
+    c.optim.update(lr=2e-3, warmup_steps=50)
+  else:
+    # Distillation: shorter, lower peak LR (the student starts from the teacher's weights).
+    c.seq_len = 64
+    c.num_steps = {1: 200, 2: 150, 4: 100}.get(a.k, 100)
+    c.optim.update(lr=5e-4, warmup_steps=20)
+  c.log_every = 10
+  c.eval_every = max(c.num_steps // 4, 1)
+  c.eval_batches = 4
+  c.checkpoint_every = max(c.num_steps // 2, 1)
+  if a.runlocal:
+    c.num_steps, c.eval_every, c.checkpoint_every, c.log_every = 20, 10, 10, 5
+  return c

@@ -1,0 +1,136 @@
+"""Pieces shared by the decoders: noise indexed by absolute position, prompt batches, readout, EOS, validation.
+
+Noise convention: u[b, j] ~ U[0, 1) is the noise of the token at absolute position j of row b, and depends only on
+(seed, row index, j). AR sampling maps u_j to a token through the teacher's inverse CDF; push-forward hint i of a
+step that predicts position j reads u_j. So AR, push-forward and verify runs with the same seed see the same noise,
+whatever the batch size, prompt padding or K.
+"""
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kforcing_jax.models.config import ModelConfig
+
+
+def position_noise(seed, batch: int, length: int, row_offset=0) -> jax.Array:
+  """u[b, j] ~ U[0, 1) (float32) from fold_in(seed, row_offset + b, j): independent of batch and padding.
+
+  Args:
+    seed: int (may be traced).
+    batch: rows.
+    length: positions 0..length-1.
+    row_offset: global index of row 0 (so a prompt gets the same noise in any batch of a prompt file).
+  Returns:
+    float32 [batch, length].
+  """
+  key = jax.random.key(seed)
+  rows = row_offset + jnp.arange(batch)
+
+  def one(b, j):
+    return jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, b), j), (), jnp.float32)
+
+  return jax.vmap(lambda b: jax.vmap(lambda j: one(b, j))(jnp.arange(length)))(rows)
+
+
+def gather_positions(u_BxS, pos_BxN):
+  """u at per-row absolute positions (clipped into the buffer)."""
+  return jnp.take_along_axis(u_BxS, jnp.clip(pos_BxN, 0, u_BxS.shape[1] - 1), 1)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8):
+  """Right-pads token lists into one batch; the width is rounded up to `multiple` to limit recompiles.
+
+  Args:
+    prompts: token id lists (each non-empty).
+    pad_id: filler id (never read: rows carry their own lengths).
+    multiple: width granularity.
+  Returns:
+    (int32 [B, P] numpy tokens, int32 [B] lengths).
+  """
+  lens = np.array([len(p) for p in prompts], np.int32)
+  width = int(math.ceil(max(int(lens.max()), 1) / multiple) * multiple)
+  tok = np.full((len(prompts), width), max(pad_id, 0), np.int32)
+  for i, p in enumerate(prompts):
+    tok[i, : len(p)] = np.asarray(p, np.int32)
+  return tok, lens
+
+
+def readout(logits_BxKxV, counts_BxV, lam):
+  """Push-forward readout: argmax per hint, optionally with the frequency penalty (method.md §3).
+
+  With a penalty, slots are read sequentially inside the block: y_i = argmax(logits_i - lam * count), then
+  count[y_i] += 1, so a token chosen at slot i is already penalised at slot i+1. Counts cover generated tokens
+  only and persist across steps (the caller carries them).
+
+  Args:
+    logits_BxKxV: hint logits.
+    counts_BxV: float32 counts of generated tokens, or None for no penalty.
+    lam: penalty weight (scalar, may be traced).
+  Returns:
+    (int32 tokens [B, K], updated counts or None).
+  """
+  if counts_BxV is None:
+    return jnp.argmax(logits_BxKxV, -1).astype(jnp.int32), None
+  ys = []
+  for i in range(logits_BxKxV.shape[1]):
+    y = jnp.argmax(logits_BxKxV[:, i] - lam * counts_BxV, -1).astype(jnp.int32)
+    counts_BxV = counts_BxV + jax.nn.one_hot(y, counts_BxV.shape[-1], dtype=counts_BxV.dtype)
+    ys.append(y)
+  return jnp.stack(ys, 1), counts_BxV
+
+
+def truncate_at_eos(tok_BxN, eos_id: int, pad_id: int):
+  """Fixed-length outputs -> (tokens with everything from the first EOS on set to pad, lengths before EOS).
+
+  Args:
+    tok_BxN: generated tokens.
+    eos_id: end-of-sequence id, or -1 (no truncation).
+    pad_id: filler for positions at and after EOS.
+  Returns:
+    (int32 [B, N] tokens, int32 [B] lengths).
+  """
+  tok = jnp.asarray(tok_BxN)
+  n = tok.shape[1]
+  if eos_id is None or eos_id < 0:
+    return tok, jnp.full((tok.shape[0],), n, jnp.int32)
+  is_eos = tok == eos_id
+  length = jnp.where(is_eos.any(1), jnp.argmax(is_eos, 1), n).astype(jnp.int32)
+  keep = jnp.arange(n)[None, :] < length[:, None]
+  return jnp.where(keep, tok, max(pad_id, 0)), length
+
+
+def check_request(cfg: ModelConfig, prompt_lens: Sequence[int], num_tokens: int, k=None, temperature=1.0,
+                  freq_penalty=0.0) -> None:
+  """Validates one generation request; raises ValueError with one clear line.
+
+  Args:
+    cfg: the decoding model's config.
+    prompt_lens: token count of every prompt.
+    num_tokens: new tokens per prompt.
+    k: tokens per step (None: AR).
+    temperature: sampling temperature (AR) / tau (push-forward).
+    freq_penalty: push-forward frequency penalty.
+  """
+  if len(prompt_lens) == 0:
+    raise ValueError("batch size must be >= 1 (no prompts given)")
+  if min(prompt_lens) < 1:
+    raise ValueError("empty prompt: every prompt needs at least one token")
+  if num_tokens < 1:
+    raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+  longest = max(prompt_lens)
+  if longest + num_tokens > cfg.max_len:
+    raise ValueError(f"prompt of {longest} tokens + {num_tokens} new tokens exceeds max_len={cfg.max_len}")
+  t = float(temperature)
+  if not t > 0 or math.isnan(t) or math.isinf(t):
+    raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+  fp = float(freq_penalty)
+  if math.isnan(fp) or fp < 0:
+    raise ValueError(f"freq_penalty must be >= 0, got {freq_penalty}")
+  if k is not None:
+    if not cfg.is_pflm:
+      raise ValueError(f"K={k} asked of an AR model (k_max=0); use k=None for AR sampling")
+    if not 1 <= int(k) <= cfg.k_max:
+      raise ValueError(f"K={k} outside 1..{cfg.k_max} (the model was trained for k={cfg.k_max})")

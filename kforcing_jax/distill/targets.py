@@ -1,0 +1,100 @@
+"""Push-forward training targets (method.md §4-6), computed from a frozen teacher inside the jitted step.
+
+For a batch of data sequences tok_BxN and a student with window size k, there are W = N - k windows; window t has
+context tok[:, :t+1] and predicts the k tokens at positions t+1..t+k. Every function here returns
+(ctx_BxW, noise_BxWxK, tgt_BxWxK): the student is trained to map (ctx, noise) to tgt in one staircase pass.
+  self_forcing_from_ar     AR teacher -> k=1: tgt = teacher's inverse-CDF sample at fresh noise.
+  self_forcing_doubling    k-model teacher -> 2k: tgt = the teacher's two rollout steps (staircase + double forward).
+  noise_inversion          AR teacher -> any k: tgt = data tokens, noise = the teacher's inverse CDF at the data.
+All noise-to-token maps go through `inverse_cdf` (one convention everywhere).
+"""
+import jax
+import jax.numpy as jnp
+
+from kforcing_jax.distill import inverse_cdf
+
+
+def _windows(tok_BxN, k):
+  w = tok_BxN.shape[1] - k
+  return tok_BxN[:, :w], jnp.arange(w)[:, None] + jnp.arange(k)[None, :]
+
+
+def self_forcing_from_ar(model, teacher_params, tok_BxN, noise_BxWx1, tau_B):
+  """AR teacher -> k=1 student: the teacher's inverse-CDF sample at each data context.
+
+  Args:
+    model: a `KForcingLM` built with the teacher's config (k_max = 0).
+    teacher_params: its inner params dict.
+    tok_BxN: data tokens.
+    noise_BxWx1: fresh uniforms, W = N - 1.
+    tau_B: sampling temperature per row.
+  Returns:
+    (ctx_BxW, noise_BxWx1, tgt_BxWx1).
+  """
+  ctx_BxW, _ = _windows(tok_BxN, 1)
+  logits_BxWxV = model.apply({"params": teacher_params}, ctx_BxW)
+  tgt_BxW = inverse_cdf.sample(logits_BxWxV, noise_BxWx1[..., 0], tau_B[:, None, None])
+  return ctx_BxW, noise_BxWx1, jax.lax.stop_gradient(tgt_BxW[..., None])
+
+
+def self_forcing_doubling(model, teacher_params, tok_BxN, noise_BxWxK, tau_B):
+  """k-model teacher -> 2k student: the teacher rolled out twice on its own outputs (method.md §6).
+
+  The 2k noises split into halves: y1 = argmax of the teacher's staircase pass with the first half, y2 = argmax
+  of its double forward (y1 fed back as real tokens) with the second; the student sees all 2k noises at once.
+
+  Args:
+    model: a `KForcingLM` with the teacher's config (k_max = k).
+    teacher_params: its inner params dict.
+    tok_BxN: data tokens.
+    noise_BxWxK: fresh uniforms with K = 2k, W = N - 2k.
+    tau_B: temperature per row.
+  Returns:
+    (ctx_BxW, noise_BxWxK, tgt_BxWxK).
+  """
+  kk = noise_BxWxK.shape[-1]
+  if kk % 2:
+    raise ValueError(f"a doubling stage needs an even student k, got {kk}")
+  half = kk // 2
+  ctx_BxW, _ = _windows(tok_BxN, kk)
+  variables = {"params": teacher_params}
+  logits1 = model.apply(variables, ctx_BxW, noise_BxWxK[..., :half], tau_B, method=model.staircase)
+  y1_BxWxH = jnp.argmax(logits1, -1).astype(jnp.int32)
+  logits2 = model.apply(variables, ctx_BxW, y1_BxWxH, noise_BxWxK[..., half:], tau_B, method=model.double_forward)
+  y2_BxWxH = jnp.argmax(logits2, -1).astype(jnp.int32)
+  return ctx_BxW, noise_BxWxK, jax.lax.stop_gradient(jnp.concatenate([y1_BxWxH, y2_BxWxH], -1))
+
+
+def invert_data(model, teacher_params, tok_BxN, xi_BxN, tau_B):
+  """Noise inversion of data: u_j in the teacher's interval of token j given tok[:, :j] (method.md §4A).
+
+  Args:
+    model: a `KForcingLM` with the AR teacher's config.
+    teacher_params: its inner params dict.
+    tok_BxN: data tokens.
+    xi_BxN: uniforms placing u inside each interval (only [:, 1:] is used).
+    tau_B: temperature per row.
+  Returns:
+    float32 u [B, N - 1]: u[:, j - 1] belongs to token j (j = 1..N-1).
+  """
+  logits_BxNxV = model.apply({"params": teacher_params}, tok_BxN)
+  return jax.lax.stop_gradient(
+      inverse_cdf.invert(logits_BxNxV[:, :-1], tok_BxN[:, 1:], xi_BxN[:, 1:], tau_B[:, None, None]))
+
+
+def noise_inversion(model, teacher_params, tok_BxN, xi_BxN, tau_B, k: int):
+  """Data windows with their inverted noises: tgt[t, i] = tok[t+1+i], noise[t, i] = u_{t+1+i}.
+
+  Args:
+    model: a `KForcingLM` with the AR teacher's config.
+    teacher_params: its inner params dict.
+    tok_BxN: data tokens.
+    xi_BxN: uniforms placing u inside each token's interval.
+    tau_B: temperature per row.
+    k: the student's window size.
+  Returns:
+    (ctx_BxW, noise_BxWxK, tgt_BxWxK) with W = N - k.
+  """
+  u_BxM = invert_data(model, teacher_params, tok_BxN, xi_BxN, tau_B)
+  ctx_BxW, idx_WxK = _windows(tok_BxN, k)
+  return ctx_BxW, u_BxM[:, idx_WxK], tok_BxN[:, 1:][:, idx_WxK]

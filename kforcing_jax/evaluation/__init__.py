@@ -1,0 +1,1 @@
+"""Evaluation: fidelity and quality metrics (`metrics`), the throughput benchmark (`benchmark`), CLI helpers."""

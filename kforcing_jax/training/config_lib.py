@@ -1,0 +1,81 @@
+"""Shared pieces of the experiment configs (experiments/configs/*.py): the base ConfigDict and arg parsing.
+
+Fields of the base config (every one can be overridden with --config.FIELD=VALUE; unknown fields are rejected):
+  stage             "ar" (AR teacher) | "pflm" (push-forward student)
+  k                 pflm: the student's window (1 from an AR teacher, 2k from a k-model teacher)
+  targets           pflm: "self_forcing" | "noise_inversion"
+  teacher_workdir   pflm: the teacher's workdir (its tokenizer is reused)
+  init_workdir      ar: start from these params instead of scratch (ignored when resuming)
+  tau               temperature fed to the noise encoder and used for the teacher's inverse CDF (1.0)
+  seed              params init, noises, data order
+  model             `ModelConfig` fields except k_max (set from stage / k)
+  data              the data block (kforcing_jax/data/corpora.py documents its fields)
+  seq_len, batch_size (global), num_steps
+  optim             lr, warmup_steps, schedule (cosine|constant), min_lr_ratio, b1, b2, eps, weight_decay, grad_clip
+  log_every, eval_every (0: never), eval_batches, checkpoint_every, keep_checkpoints
+  mesh, sharding_rules  [(axis, size)] and [(logical, mesh axis)] (kforcing_jax/training/sharding.py)
+  num_devices       use the first N devices only (-1: all; for single-host debugging)
+  progress_bar      tqdm bar: True / False / None (= when stderr is a terminal)
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from kforcing_jax.models import ModelConfig
+from kforcing_jax.training import sharding
+
+
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """Parses a big_vision style config arg "stage=pflm,k=4,runlocal" against typed defaults.
+
+  Args:
+    arg: comma-separated key=value pairs (a bare key sets a bool to True).
+    **defaults: the allowed keys with their default values (the type of each default is enforced).
+  Returns:
+    A ConfigDict of the values.
+  Raises:
+    ValueError: unknown key or a value of the wrong type.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.lower() in ("", "1", "true", "yes")
+    else:
+      out[key] = kind(value)
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with the tiny CPU defaults (the module docstring explains them)."""
+  from kforcing_jax.data import corpora
+  c = ml_collections.ConfigDict()
+  c.stage = "ar"
+  c.k = 1
+  c.targets = "self_forcing"
+  c.teacher_workdir = ""
+  c.init_workdir = ""
+  c.tau = 1.0
+  c.seed = 0
+  model = ModelConfig().to_dict()
+  model.pop("k_max")
+  c.model = ml_collections.ConfigDict(model)
+  c.data = corpora.default_data_config()
+  c.seq_len = 128
+  c.batch_size = 16
+  c.num_steps = 1000
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1,
+                                           b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+  c.log_every = 10
+  c.eval_every = 100
+  c.eval_batches = 4
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.mesh = [list(a) for a in sharding.DEFAULT_MESH]
+  c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
+  c.num_devices = -1
+  c.progress_bar = config_dict.placeholder(bool)
+  return c

@@ -1,0 +1,113 @@
+"""Train state: sharded init (eval_shape -> shardings -> jit(init, out_shardings)), teacher loading and transfer.
+
+The state is a dict {"params", "opt_state", "step", "rng"} (rng: raw uint32 key data, so it checkpoints as an
+array). The frozen teacher is a separate params pytree sharded like the student and never checkpointed with it.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from kforcing_jax.models import KForcingLM, ModelConfig
+from kforcing_jax.training import checkpoint, sharding
+
+# Fields that change the parameters or the function computed; the rest (attention_impl, remat, dtype, tiles,
+# dropout, max_len) are how it is computed and may differ between a teacher and its student.
+ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "mask_index", "rope_base")
+
+
+class BadInputError(ValueError):
+  """A user error (config, teacher, workdir) that the CLI reports in one line with exit status 2."""
+
+
+def model_config(config: ml_collections.ConfigDict, k_max: int) -> ModelConfig:
+  """The `ModelConfig` of `config.model` with the stage's k_max (0 for the AR stage)."""
+  try:
+    return ModelConfig.from_dict({**config.model.to_dict(), "k_max": int(k_max)})
+  except (TypeError, ValueError) as e:
+    raise BadInputError(f"bad model config: {e}") from e
+
+
+def arch_mismatch(a: dict, b: dict) -> list[str]:
+  """Architecture fields on which two model-config dicts differ ("name: a != b")."""
+  return [f"{f}: {a.get(f)} != {b.get(f)}" for f in ARCH_FIELDS if a.get(f) != b.get(f)]
+
+
+def _dummy_tokens(mcfg: ModelConfig):
+  return jnp.zeros((1, min(8, mcfg.max_len)), jnp.int32)
+
+
+def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
+  """A freshly initialised train state, created directly with its shardings (never on host).
+
+  Args:
+    mcfg: model config.
+    tx: the optax transformation.
+    mesh: device mesh.
+    rules: logical->mesh rules.
+    seed: init / noise seed.
+  Returns:
+    (state, state_shardings, abstract_state) - the last two describe the unboxed state.
+  """
+  model = KForcingLM(mcfg)
+
+  def init_fn():
+    key = jax.random.key(seed)
+    params = model.init(jax.random.fold_in(key, 1), _dummy_tokens(mcfg), method=model.init_all)["params"]
+    # Boxed params go into tx.init so the optimizer moments inherit the params' logical axes.
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.fold_in(key, 2))}
+
+  with sharding.activate(mesh, rules):
+    abstract_boxed = jax.eval_shape(init_fn)
+    shardings = sharding.shardings_for(abstract_boxed, mesh, rules)
+    state = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
+  abstract = checkpoint.to_abstract(nn.unbox(abstract_boxed), shardings)
+  return state, shardings, abstract
+
+
+def load_teacher(teacher_workdir: str, student: ModelConfig, param_shardings, targets: str):
+  """Restores a frozen teacher and checks that it fits the student.
+
+  Args:
+    teacher_workdir: a workdir holding an AR or push-forward checkpoint.
+    student: the student's model config (k_max = its k).
+    param_shardings: the student's param shardings (the teacher's tensors are laid out the same way).
+    targets: "self_forcing" or "noise_inversion".
+  Returns:
+    (teacher ModelConfig for the student's computation settings, teacher params, teacher meta).
+  Raises:
+    BadInputError: missing or empty workdir, architecture / vocab mismatch, k not a doubling of the teacher's.
+  """
+  if not teacher_workdir:
+    raise BadInputError("stage pflm needs --config.teacher_workdir=DIR (a trained AR or push-forward workdir)")
+  try:
+    step, meta = checkpoint.read_meta(teacher_workdir)
+  except checkpoint.CheckpointError as e:
+    raise BadInputError(f"teacher_workdir: {e}") from e
+  tmodel = meta.get("model", {})
+  bad = arch_mismatch(tmodel, student.to_dict())
+  if bad:
+    raise BadInputError(f"teacher in {teacher_workdir} does not match the student config ({'; '.join(bad)})")
+  tk = int(tmodel.get("k_max", 0))
+  k = student.k_max
+  if targets == "noise_inversion" and tk != 0:
+    raise BadInputError(f"noise_inversion needs an AR teacher; {teacher_workdir} is a k={tk} push-forward model")
+  if targets == "self_forcing" and tk == 0 and k != 1:
+    raise BadInputError(f"self-forcing from an AR teacher trains k=1, got k={k} (distill 1 -> 2 -> 4 in stages)")
+  if targets == "self_forcing" and tk > 0 and k != 2 * tk:
+    raise BadInputError(f"k={k} is not a doubling of the teacher's k={tk} (a k -> 2k stage needs k={2 * tk})")
+  tcfg = student.replace(k_max=tk)
+  abstract = jax.eval_shape(lambda: nn.unbox(KForcingLM(tcfg).init(
+      jax.random.key(0), _dummy_tokens(tcfg), method=KForcingLM(tcfg).init_all))["params"])
+  tshard = {name: param_shardings[name] for name in abstract}
+  _, out = checkpoint.restore(teacher_workdir, step, abstract_params=checkpoint.to_abstract(abstract, tshard),
+                              items=("params",))
+  return tcfg, out["params"], meta
+
+
+def transfer(student_params, teacher_params, shardings):
+  """The student's init (method.md §6): every teacher tensor copied, the rest (an AR teacher has no noise
+  encoder) kept fresh. Copies, so donating the student never frees the teacher's buffers."""
+  merged = {**student_params, **teacher_params}
+  return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(merged)

@@ -1,0 +1,308 @@
+"""The train loop: AR teacher pretraining (stage "ar") and K-Forcing distillation (stage "pflm").
+
+  python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=ar --workdir /tmp/ar
+  python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=1 --workdir /tmp/k1 \
+      --config.teacher_workdir=/tmp/ar
+
+Stage "ar": next-token cross-entropy on packed / padded batches (loss_mask weights the targets).
+Stage "pflm": a push-forward student with window `config.k` learns, in one staircase pass, the targets of a frozen
+teacher (`config.teacher_workdir`), on data contexts with noises drawn fresh every step (distill/targets.py):
+  targets="self_forcing"     AR teacher -> k=1 (inverse-CDF samples) or k-model -> 2k (two rollout steps);
+  targets="noise_inversion"  AR teacher -> any k (data tokens, noises inverted through the teacher's CDF).
+The student starts as a copy of the teacher (method.md §6): every teacher tensor, plus a fresh noise encoder when
+the teacher is AR. The teacher stays a separate frozen params tree; only its workdir path goes into the meta.
+
+Where the run starts (resume order):
+  1. a checkpoint already in WORKDIR: params, optimizer state, step, RNG and data-iterator state are restored and
+     the run continues exactly (a checkpoint of a different stage / model / k in WORKDIR is refused, never
+     overwritten); the newest unreadable step falls back to the previous one;
+  2. an explicit init: the teacher (stage pflm) or `config.init_workdir` (params only, e.g. to continue an AR run
+     on other data);
+  3. scratch.
+Checkpoints are written every `config.checkpoint_every` steps and at the end, only from finite states: a NaN / Inf
+loss stops the run with its step number and leaves the last good checkpoint in place.
+"""
+import functools
+import os
+import time
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from kforcing_jax.distill import losses
+from kforcing_jax.distill import targets as targets_lib
+from kforcing_jax.models import KForcingLM
+from kforcing_jax.training import checkpoint, inputs, optim, sharding
+from kforcing_jax.training import state as state_lib
+from kforcing_jax.training.metrics_writer import MetricsWriter
+from kforcing_jax.training.state import BadInputError
+
+STAGES = ("ar", "pflm")
+TARGETS = ("self_forcing", "noise_inversion")
+
+
+class DivergedError(FloatingPointError):
+  """The loss (or the parameters) became NaN / Inf."""
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Checks the run-level fields (the model block is checked by `ModelConfig`). Raises BadInputError."""
+  if config.stage not in STAGES:
+    raise BadInputError(f"unknown stage {config.stage!r}; expected one of {STAGES}")
+  if config.stage == "pflm":
+    if config.targets not in TARGETS:
+      raise BadInputError(f"unknown targets {config.targets!r}; expected one of {TARGETS}")
+    if int(config.k) < 1:
+      raise BadInputError(f"k must be >= 1 for stage pflm, got {config.k}")
+    if not config.teacher_workdir:
+      raise BadInputError("stage pflm needs --config.teacher_workdir=DIR (a trained AR or push-forward workdir)")
+  for name in ("num_steps", "batch_size", "seq_len"):
+    if int(config[name]) <= 0:
+      raise BadInputError(f"{name} must be > 0, got {config[name]}")
+  if int(config.seq_len) > int(config.model.max_len):
+    raise BadInputError(f"seq_len={config.seq_len} exceeds model.max_len={config.model.max_len}")
+  if config.stage == "pflm" and int(config.k) >= int(config.seq_len):
+    raise BadInputError(f"k={config.k} leaves no window in sequences of {config.seq_len} tokens")
+
+
+def _mesh(config):
+  devices = jax.devices()
+  if int(config.get("num_devices", -1)) > 0:
+    devices = devices[: int(config.num_devices)]
+  try:
+    return sharding.make_mesh(config.mesh, devices)
+  except ValueError as e:
+    raise BadInputError(str(e)) from e
+
+
+def _check_workdir(workdir, stage, mcfg, k):
+  """Returns the meta of WORKDIR's checkpoint if it belongs to this run, None if there is none."""
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    return None
+  try:
+    step, meta = checkpoint.read_meta(workdir)
+  except checkpoint.CheckpointError as e:
+    if "no checkpoint in" in str(e) and "readable" not in str(e):
+      return None
+    raise BadInputError(f"{workdir} holds unreadable checkpoints; refusing to overwrite them ({e})") from e
+  bad = state_lib.arch_mismatch(meta.get("model", {}), mcfg.to_dict())
+  if meta.get("stage") != stage or int(meta.get("k", -1)) != k or bad:
+    raise BadInputError(
+        f"{workdir} holds a checkpoint of another run (stage={meta.get('stage')}, k={meta.get('k')}"
+        f"{', ' + '; '.join(bad) if bad else ''}); refusing to overwrite it, use a new --workdir")
+  return meta
+
+
+def _pflm_inputs(teacher_model, teacher_params, tok_BxN, key, *, k, targets, tau):
+  b, n = tok_BxN.shape
+  tau_B = jnp.full((b,), tau, jnp.float32)
+  if targets == "noise_inversion":
+    xi_BxN = jax.random.uniform(key, (b, n))
+    ctx, noise, tgt = targets_lib.noise_inversion(teacher_model, teacher_params, tok_BxN, xi_BxN, tau_B, k)
+    return ctx, noise, tgt, tau_B
+  noise_BxWxK = jax.random.uniform(key, (b, n - k, k))
+  if teacher_model.cfg.k_max == 0:
+    ctx, noise, tgt = targets_lib.self_forcing_from_ar(teacher_model, teacher_params, tok_BxN, noise_BxWxK, tau_B)
+  else:
+    ctx, noise, tgt = targets_lib.self_forcing_doubling(teacher_model, teacher_params, tok_BxN, noise_BxWxK, tau_B)
+  return ctx, noise, tgt, tau_B
+
+
+def make_loss_fn(config, model, teacher_model):
+  """loss(params, teacher_params, batch, key, train) -> (loss, metrics) for the configured stage."""
+  mask_index = model.cfg.mask_index
+  use_dropout = model.cfg.dropout_rate > 0
+
+  def loss_fn(params, teacher_params, batch, key, train):
+    tok, loss_mask = batch["tokens"], batch["loss_mask"]
+    k_targets, k_drop = jax.random.split(key)
+    kw = dict(deterministic=not (train and use_dropout))
+    if train and use_dropout:
+      kw["rngs"] = {"dropout": k_drop}
+    if config.stage == "ar":
+      logits = model.apply({"params": params}, tok, **kw)
+      return losses.next_token_cross_entropy(logits, tok, loss_mask, mask_index)
+    k = int(config.k)
+    ctx, noise, tgt, tau_B = _pflm_inputs(teacher_model, teacher_params, tok, k_targets, k=k,
+                                          targets=config.targets, tau=float(config.tau))
+    logits = model.apply({"params": params}, ctx, noise, tau_B, method=model.staircase, **kw)
+    return losses.slot_cross_entropy(logits, tgt, losses.window_weights(loss_mask, k), mask_index)
+
+  return loss_fn
+
+
+def make_train_step(loss_fn, tx, schedule):
+  """One optimizer step; noises / dropout come from the state's key folded with the step number."""
+
+  def train_step(state, teacher_params, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    grad_fn = jax.value_and_grad(lambda p: loss_fn(p, teacher_params, batch, key, True), has_aux=True)
+    (_, metrics), grads = grad_fn(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
+                   params_finite=jnp.isfinite(optax.global_norm(params)).astype(jnp.float32))
+    return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return train_step
+
+
+def _mean_metrics(metric_list):
+  """Weighted mean of per-batch metrics (each batch's metrics are means over its "weight")."""
+  total = sum(float(m["weight"]) for m in metric_list) or 1.0
+  keys = [k for k in metric_list[0] if k != "weight"]
+  return {k: sum(float(m[k]) * float(m["weight"]) for m in metric_list) / total for k in keys}
+
+
+def _check_finite(step, metrics):
+  if not (np.isfinite(float(metrics["loss"])) and float(metrics["params_finite"]) > 0):
+    raise DivergedError(f"loss became {float(metrics['loss'])} (or the parameters non-finite) at step {step}; "
+                        "stopped, the last good checkpoint is kept")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains one stage in `workdir` (resuming if it holds this run's checkpoint) and evaluates it.
+
+  Args:
+    config: the experiment config (experiments/configs/*.py).
+    workdir: run directory: checkpoints/, tokenizer/, tensorboard/, metrics.jsonl.
+  Returns:
+    Final metrics: {"step", "train/<metric>", "eval/<metric>", "wall_s", "steps_per_s"}.
+  Raises:
+    BadInputError: invalid config, teacher or workdir (the CLI exits with status 2).
+    DivergedError: the loss became NaN / Inf (the step is in the message).
+  """
+  t_start = time.time()
+  # ---- validation, mesh, model config ----
+  validate_config(config)
+  stage = config.stage
+  k = int(config.k) if stage == "pflm" else 0
+  mcfg = state_lib.model_config(config, k)
+  mesh, rules = _mesh(config), sharding.rules_tuple(config.sharding_rules)
+  resume_meta = _check_workdir(workdir, stage, mcfg, k)
+  source = config.teacher_workdir if stage == "pflm" else (config.init_workdir or None)
+  if stage == "pflm" and not os.path.isdir(checkpoint.checkpoint_dir(source)):
+    raise BadInputError(f"teacher_workdir {source} has no checkpoints/ (train the teacher first)")
+
+  # ---- tokenizer and data ----
+  tokenizer = inputs.tokenizer_for_run(config, workdir, source, resuming=resume_meta is not None)
+  if tokenizer.vocab_size > mcfg.vocab_size or tokenizer.mask_index != mcfg.mask_index:
+    raise BadInputError(f"tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_index}) does not fit "
+                        f"model.vocab_size={mcfg.vocab_size}, model.mask_index={mcfg.mask_index}")
+  train_ds, eval_ds = inputs.make_datasets(config, tokenizer)
+  train_iter = iter(train_ds)
+
+  # ---- model, optimizer, state (sharded at creation) ----
+  model = KForcingLM(mcfg)
+  tx, schedule = optim.make_optimizer(config.optim, int(config.num_steps))
+  state, state_sh, abstract_state = state_lib.init_state(mcfg, tx, mesh, rules, int(config.seed))
+  param_sh = state_sh["params"]
+  teacher_model, teacher_params, teacher_sh = None, None, None
+  if stage == "pflm":
+    tcfg, teacher_params, _ = state_lib.load_teacher(source, mcfg, param_sh, config.targets)
+    teacher_model, teacher_sh = KForcingLM(tcfg), {n: param_sh[n] for n in teacher_params}
+  mngr = checkpoint.manager(workdir, max_to_keep=int(config.keep_checkpoints))
+  if resume_meta is not None:
+    train_items = {n: abstract_state[n] for n in ("opt_state", "step", "rng")}
+    start, out = checkpoint.restore(workdir, abstract_params=abstract_state["params"],
+                                    abstract_train_state=train_items,
+                                    data_state=grain.checkpoint.CheckpointRestore(train_iter),
+                                    items=("params", "train_state", "data"))
+    state = {"params": out["params"], **out["train_state"]}
+    logging.info("resumed %s at step %d", workdir, start)
+  else:
+    start = 0
+    if stage == "pflm":
+      state["params"] = state_lib.transfer(state["params"], teacher_params, param_sh)
+    elif config.init_workdir:
+      _, out = checkpoint.restore(config.init_workdir, abstract_params=abstract_state["params"])
+      state["params"] = state_lib.transfer(state["params"], out["params"], param_sh)
+  meta = {"model": mcfg.to_dict(), "tokenizer": tokenizer.spec, "config": config.to_dict(), "stage": stage,
+          "k": k, "teacher_workdir": config.teacher_workdir if stage == "pflm" else ""}
+
+  # ---- jitted steps (explicit shardings, state donated) ----
+  loss_fn = make_loss_fn(config, model, teacher_model)
+  batch_sh = {n: sharding.batch_sharding(mesh, rules, 2) for n in ("tokens", "loss_mask")}
+  repl = sharding.replicated(mesh)
+  train_step = jax.jit(make_train_step(loss_fn, tx, schedule), in_shardings=(state_sh, teacher_sh, batch_sh),
+                       out_shardings=(state_sh, repl), donate_argnums=(0,))
+  eval_step = jax.jit(functools.partial(loss_fn, train=False), in_shardings=(param_sh, teacher_sh, batch_sh, repl),
+                      out_shardings=(repl, repl))
+  global_batch = int(config.batch_size)
+  to_global = lambda b: inputs.to_global(b, mesh, rules, global_batch)
+  eval_iter = iter(eval_ds)
+  eval_batches = [to_global(next(eval_iter)) for _ in range(int(config.eval_batches))]
+  eval_key = jax.random.key_data(jax.random.key(int(config.seed) + 10_007))
+
+  def evaluate(params):
+    ms = []
+    for i, b in enumerate(eval_batches):
+      key = jax.random.fold_in(jax.random.wrap_key_data(eval_key), i)
+      ms.append(jax.device_get(eval_step(params, teacher_params, b, key)[1]))
+    return _mean_metrics(ms)
+
+  writer = MetricsWriter(workdir, int(config.num_steps), start, config.progress_bar)
+  num_steps, log_every = int(config.num_steps), max(1, int(config.log_every))
+  ckpt_every, eval_every = int(config.checkpoint_every), int(config.eval_every)
+  tokens_per_step = global_batch * int(config.seq_len)
+  final = {"step": start}
+  clock = {"t": time.time(), "step": start}
+
+  def flush(step, metrics, checksum):
+    # Fetching blocks only on `step`, which ran while the next step was being dispatched.
+    m = jax.device_get(metrics)
+    _check_finite(step, m)
+    writer.advance(step, float(m["loss"]))
+    if step % log_every == 0 or step == num_steps:
+      now = time.time()
+      scalars = {n: float(v) for n, v in m.items() if n not in ("weight", "params_finite")}
+      scalars["tokens_per_s"] = tokens_per_step * (step - clock["step"]) / max(now - clock["t"], 1e-9)
+      clock.update(t=now, step=step)
+      writer.write(step, scalars, "train", extra={"batch_checksum": checksum})
+      final.update({f"train/{n}": v for n, v in scalars.items()})
+
+  def save(step):
+    checkpoint.save(mngr, step, state["params"], {**meta, "step": step},
+                    train_state={n: state[n] for n in ("opt_state", "step", "rng")},
+                    data_state=grain.checkpoint.CheckpointSave(train_iter))
+
+  # ---- the loop: dispatch step s, then fetch step s-1's metrics (no host sync on the running step) ----
+  with sharding.activate(mesh, rules):
+    if start == 0 and eval_every > 0:
+      writer.write(0, evaluate(state["params"]), "eval")
+    pending = None
+    try:
+      for step in range(start + 1, num_steps + 1):
+        host_batch = next(train_iter)
+        checksum = int(np.asarray(host_batch["tokens"], np.int64).sum())
+        state, metrics = train_step(state, teacher_params, to_global(host_batch))
+        if pending is not None:
+          flush(*pending)
+        pending = (step, metrics, checksum)
+        do_ckpt = step % ckpt_every == 0 or step == num_steps
+        do_eval = eval_every > 0 and (step % eval_every == 0 or step == num_steps)
+        if do_ckpt or do_eval:
+          flush(*pending)  # also the finiteness check: a checkpoint is never written from a NaN state
+          pending = None
+          if do_ckpt:
+            save(step)
+          if do_eval:
+            ev = evaluate(state["params"])
+            writer.write(step, ev, "eval")
+            final.update({f"eval/{n}": v for n, v in ev.items()})
+        final["step"] = step
+      if start >= num_steps and eval_every > 0:
+        final.update({f"eval/{n}": v for n, v in evaluate(state["params"]).items()})
+    finally:
+      mngr.wait_until_finished()
+      mngr.close()
+      writer.close()
+  final["wall_s"] = time.time() - t_start
+  final["steps_per_s"] = (final["step"] - start) / max(final["wall_s"], 1e-9)
+  return final

@@ -1,0 +1,317 @@
+"""Scale-out: parallelism presets on 8 fake devices (in-process) and real multi-process runs on 127.0.0.1.
+
+The multi-process tests start `python -m kforcing_jax.train` as 2 processes x 2 CPU devices joined by
+jax.distributed (gloo collectives), one pair at a time, each bounded by a timeout and killed in a `finally`.
+"""
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import portpicker
+import pytest
+
+from kforcing_jax.models import KForcingLM, ModelConfig
+from kforcing_jax.training import checkpoint, distributed, mesh_presets, sharding
+from helpers import tiny_config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In-process: DP / FSDP / TP / hybrid presets train identically on 8 fake devices.
+# ---------------------------------------------------------------------------------------------------------------
+def _train_losses(mesh_spec, rules, steps=3):
+  cfg = tiny_config(vocab_size=64, k_max=0, num_layers=1)
+  model = KForcingLM(cfg)
+  tok_BxN = jax.random.randint(jax.random.key(1), (8, 16), 0, cfg.vocab_size)
+  mesh = sharding.make_mesh(mesh_spec)
+  opt = optax.adam(3e-2)
+
+  def loss_fn(params, tok):
+    logits = model.apply({"params": params}, tok[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
+
+  def step(params, opt_state, tok):
+    loss, grads = jax.value_and_grad(loss_fn)(params, tok)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  with sharding.activate(mesh, rules):
+    init = lambda: model.init(jax.random.key(0), tok_BxN[:1], method=model.init_all)
+    param_sh = sharding.shardings_for(jax.eval_shape(init), mesh, rules)["params"]
+    params = jax.jit(lambda: nn.unbox(init())["params"], out_shardings=param_sh)()
+    opt_state = jax.jit(opt.init)(params)
+    tok = jax.device_put(tok_BxN, sharding.batch_sharding(mesh, rules, 2))
+    jstep = jax.jit(step, donate_argnums=(0, 1))
+    losses = []
+    for _ in range(steps):
+      params, opt_state, loss = jstep(params, opt_state, tok)
+      losses.append(float(loss))
+  return np.array(losses), params, mesh
+
+
+def test_presets_train_with_the_same_loss():
+  # DP is the reference: the batch split changes nothing numerically but the order of the batch-mean reduction.
+  ref, _, _ = _train_losses(**_args("dp"))
+  assert ref[-1] < ref[0]  # it trains
+  for name in ("fsdp", "tp"):
+    losses, params, mesh = _train_losses(**_args(name))
+    np.testing.assert_allclose(losses, ref, rtol=2e-5, atol=2e-5, err_msg=name)
+    spec = tuple(params["block_0"]["mlp_in"]["kernel"].sharding.spec)  # logical ("embed", "mlp")
+    assert spec + (None,) * (2 - len(spec)) == {"fsdp": ("fsdp", None), "tp": (None, "model")}[name]
+    assert mesh.devices.size == 8
+
+
+def _args(name):
+  p = mesh_presets.preset(name, model_parallel=2 if name == "tp" else 1)
+  return dict(mesh_spec=p["mesh"], rules=p["sharding_rules"])
+
+
+def test_hybrid_mesh_puts_dcn_outermost():
+  spec = {"ici": [("data", -1), ("model", 2)], "dcn": [("data", 2)]}
+  mesh = sharding.make_mesh(spec)
+  assert dict(mesh.shape) == {"data": 4, "model": 2}
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)
+  # The first half of the data axis is granule 0 (devices 0..3), the second half granule 1 (devices 4..7).
+  assert set(ids[:2].ravel()) == {0, 1, 2, 3} and set(ids[2:].ravel()) == {4, 5, 6, 7}
+
+
+@pytest.mark.parametrize("spec, rules, batch, procs, msg", [
+    ([("data", -1), ("model", 3)], mesh_presets.RULES["tp"], 8, 1, "does not divide 8 devices"),
+    ([("data", -1)], [("batch", "data")], 12, 1, "not divisible by the data axes"),
+    ([("data", 2), ("fsdp", 4)], mesh_presets.RULES["fsdp"], 4, 1, "not divisible by the data axes"),
+    ([("data", -1)], [("batch", "data")], 8, 3, "not divisible by the 3 processes"),
+    ({"ici": [("data", -1)], "dcn": [("data", 4)]}, [("batch", "data")], 8, 1, "spans 4 slices"),
+    ({"ici": [("data", -1)], "dcn": [("fsdp", 2)]}, [("batch", "data")], 8, 1, "not in the ici mesh"),
+])
+def test_bad_mesh_or_batch_is_one_clear_error(spec, rules, batch, procs, msg):
+  with pytest.raises(ValueError, match=msg):
+    granules = 2 if mesh_presets.is_hybrid(spec) else 1
+    mesh_presets.check_batch(batch, mesh_presets.resolve_sizes(spec, 8, granules), rules, procs)
+
+
+def test_spec_from_env():
+  assert distributed.spec_from_env({}).mode == "single"
+  s = distributed.spec_from_env({"KFJ_COORDINATOR": "10.0.0.2:1234", "KFJ_NUM_PROCESSES": "4",
+                                 "KFJ_PROCESS_ID": "3", "KFJ_HEARTBEAT_TIMEOUT": "7"})
+  assert (s.mode, s.coordinator_address, s.num_processes, s.process_id, s.heartbeat_timeout) == (
+      "explicit", "10.0.0.2:1234", 4, 3, 7)
+  assert distributed.spec_from_env({"KFJ_DISTRIBUTED": "auto"}).mode == "auto"
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0"}
+  assert distributed.spec_from_env(slurm).mode == "auto"
+  assert distributed.spec_from_env(dict(slurm, SLURM_NTASKS="1")).mode == "single"
+  assert distributed.spec_from_env(dict(slurm, KFJ_DISTRIBUTED="off")).mode == "single"
+  for env, msg in [({"KFJ_COORDINATOR": "h:1"}, "missing"),
+                   ({"KFJ_COORDINATOR": "h", "KFJ_NUM_PROCESSES": "2", "KFJ_PROCESS_ID": "0"}, "host:port"),
+                   ({"KFJ_COORDINATOR": "h:1", "KFJ_NUM_PROCESSES": "2", "KFJ_PROCESS_ID": "2"}, "must be <"),
+                   ({"KFJ_COORDINATOR": "h:1", "KFJ_NUM_PROCESSES": "x", "KFJ_PROCESS_ID": "0"}, "not an integer"),
+                   ({"KFJ_DISTRIBUTED": "yes"}, "expected 'auto'")]:
+    with pytest.raises(ValueError, match=msg):
+      distributed.spec_from_env(env)
+
+
+def test_single_process_helpers():
+  assert distributed.initialize(distributed.spec_from_env({})).mode == "single"
+  assert distributed.is_main_process()
+  distributed.sync("noop")
+  np.testing.assert_allclose(distributed.host_mean({"a": 2.0})["a"], 2.0)
+  mesh = sharding.make_mesh([("data", -1)])
+  x = distributed.global_batch({"t": np.arange(16).reshape(8, 2)},
+                               lambda nd: sharding.batch_sharding(mesh, [("batch", "data")], nd))
+  np.testing.assert_array_equal(np.asarray(x["t"]), np.arange(16).reshape(8, 2))
+  assert len(x["t"].sharding.device_set) == 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-process: the real trainer, 2 processes x 2 CPU devices vs 1 process x 4 devices, on 127.0.0.1.
+# ---------------------------------------------------------------------------------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_TIMEOUT_S = 240  # per run; a healthy run takes ~30-60 s on a busy 2-core machine
+ENTRY = ["-c", "from kforcing_jax.training import distributed; distributed.initialize_from_env(); "
+         "from kforcing_jax import train; train.run()"]  # TODO(scale-out): -m kforcing_jax.train once it initialises
+DEAD_PEER_TIMEOUT_S = 60  # process 0 must be gone this long after process 1 was killed (heartbeat: 5 s)
+
+
+def _trainer_args(workdir, data_dir, steps=4, **over):
+  cfg = {"num_steps": steps, "log_every": 1, "eval_every": steps, "eval_batches": 1, "checkpoint_every": steps,
+         "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 2, "model.mlp_dim": 64,
+         "model.vocab_size": 384, "data.tokenizer": "bytes", "data.max_bytes": 100_000, "data.data_dir": data_dir,
+         "seq_len": 16, "batch_size": 8, "optim.warmup_steps": 1, "optim.lr": 0.01, "progress_bar": False}
+  cfg.update(over)
+  return (ENTRY + ["--config=experiments/configs/tiny_cpu.py:stage=ar", f"--workdir={workdir}"]
+          + [f"--config.{k}={v}" for k, v in cfg.items()])
+
+
+def _start(args, num_processes, devices_per_process, log_dir, heartbeat_s=10):
+  """Starts the processes (own session each, so a kill takes their children too); returns (procs, log paths)."""
+  port = portpicker.pick_unused_port()
+  os.makedirs(log_dir, exist_ok=True)
+  procs, logs = [], []
+  for i in range(num_processes):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+               JAX_PLATFORMS="cpu", KFJ_HEARTBEAT_TIMEOUT=str(heartbeat_s), KFJ_INIT_TIMEOUT="120")
+    for k in ("KFJ_COORDINATOR", "KFJ_NUM_PROCESSES", "KFJ_PROCESS_ID", "KFJ_DISTRIBUTED"):
+      env.pop(k, None)
+    if num_processes > 1:
+      env.update(KFJ_COORDINATOR=f"127.0.0.1:{port}", KFJ_NUM_PROCESSES=str(num_processes), KFJ_PROCESS_ID=str(i))
+    logs.append(os.path.join(log_dir, f"process_{i}.log"))
+    with open(logs[-1], "wb") as f:
+      procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                    start_new_session=True))
+  return procs, logs
+
+
+def _kill(procs):
+  for p in procs:
+    if p.poll() is None:
+      os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def _tail(path, n=15):
+  with open(path, errors="replace") as f:
+    return "".join(f.readlines()[-n:])
+
+
+def _run(args, num_processes, devices_per_process, log_dir):
+  procs, logs = _start(args, num_processes, devices_per_process, log_dir)
+  try:
+    for p, log in zip(procs, logs):
+      rc = p.wait(timeout=RUN_TIMEOUT_S)
+      assert rc == 0, f"{log} exited {rc}:\n{_tail(log)}"
+  finally:
+    _kill(procs)
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  train = {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+  evals = {r["step"]: r["loss"] for r in rows if r["split"] == "eval"}
+  return train, evals
+
+
+def _run_and_kill_peer(args, log_dir, workdir):
+  """2 processes x 2 devices; once process 0 logged a train step, SIGKILL process 1 and time process 0's exit."""
+  procs, logs = _start(args, 2, 2, log_dir, heartbeat_s=5)
+  try:
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (os.path.exists(metrics) and '"split": "train"' in open(metrics).read()):
+      assert time.monotonic() < deadline and procs[0].poll() is None, _tail(logs[0])
+      time.sleep(0.2)
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+      rc = procs[0].wait(timeout=DEAD_PEER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+      rc = None  # hung: the test fails on it
+    with open(logs[0], errors="replace") as f:
+      return {"rc": rc, "exit_s": time.monotonic() - t0, "log": f.read()}
+  finally:
+    _kill(procs)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The multi-process runs, once per module, one at a time:
+    w1  1 process x 4 devices, 4 steps
+    w2  2 processes x 2 devices, the same config
+    w4  2 processes x 2 devices starting from w1's checkpoint (config.init_workdir), process 1 killed mid-run
+  """
+  root = tmp_path_factory.mktemp("multihost")
+  data_dir = str(root / "data")
+  out = {"root": root}
+  for name, nproc, ndev in (("w1", 1, 4), ("w2", 2, 2)):
+    out[name] = str(root / name)
+    _run(_trainer_args(out[name], data_dir), nproc, ndev, str(root / f"logs_{name}"))
+  out["w4"] = str(root / "w4")
+  args = _trainer_args(out["w4"], data_dir, steps=100_000, init_workdir=out["w1"], eval_every=10**6,
+                       checkpoint_every=10**6)
+  out["dead_peer"] = _run_and_kill_peer(args, str(root / "logs_w4"), out["w4"])
+  return out
+
+
+def test_two_processes_match_one_process(runs):
+  train1, eval1 = _metrics(runs["w1"])
+  train2, eval2 = _metrics(runs["w2"])
+  assert sorted(train1) == sorted(train2) == [1, 2, 3, 4]
+  assert train1[4] < train1[1] - 0.1  # it trains (the loss moves), so equality below means something
+  np.testing.assert_allclose([train2[s] for s in range(1, 5)], [train1[s] for s in range(1, 5)], rtol=1e-5)
+  np.testing.assert_allclose([eval2[s] for s in (0, 4)], [eval1[s] for s in (0, 4)], rtol=1e-5)
+  # Only process 0 writes: one row per step, not two.
+  with open(os.path.join(runs["w2"], "metrics.jsonl")) as f:
+    assert sum(1 for line in f if '"split": "train"' in line) == 4
+
+
+def _restore_params(workdir, mesh_spec):
+  _, meta = checkpoint.read_meta(workdir)
+  model = KForcingLM(ModelConfig.from_dict(meta["model"]))
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
+                                               method=model.init_all))
+  mesh = sharding.make_mesh(mesh_spec)
+  shardings = sharding.shardings_for(abstract, mesh, sharding.DEFAULT_RULES)["params"]
+  step, out = checkpoint.restore(workdir, abstract_params=checkpoint.to_abstract(nn.unbox(abstract)["params"],
+                                                                                   shardings))
+  return step, out["params"]
+
+
+def test_checkpoint_written_by_two_processes_restores_in_one(runs):
+  # This pytest process is one process with 8 devices, laid out (data=4, model=2): a third topology.
+  s1, p1 = _restore_params(runs["w1"], [("data", -1), ("model", 2)])
+  s2, p2 = _restore_params(runs["w2"], [("data", -1), ("model", 2)])
+  assert s1 == s2 == 4
+  chex.assert_trees_all_close(p2, p1, rtol=1e-5, atol=1e-6)
+  assert p2["head"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "model")
+
+
+def test_checkpoint_written_by_one_process_restores_in_two(runs):
+  # The two processes of w4 started from w1's params: their step-0 eval is w1's final eval, to float precision.
+  _, eval1 = _metrics(runs["w1"])
+  _, eval4 = _metrics(runs["w4"])
+  np.testing.assert_allclose(eval4[0], eval1[4], rtol=1e-5)
+
+
+def test_dead_peer_makes_the_survivor_exit(runs):
+  r = runs["dead_peer"]
+  print(f"survivor exited with status {r['rc']} {r['exit_s']:.1f} s after its peer was killed")
+  assert r["rc"] is not None, f"process 0 still running {DEAD_PEER_TIMEOUT_S} s after process 1 died"
+  assert r["rc"] != 0
+  assert re.search(r"another task died|stopped sending heartbeats", r["log"]), r["log"][-3000:]
+
+
+def test_trainer_with_a_hybrid_fsdp_tp_mesh_matches(runs, tmp_path):
+  # The real trainer, in this process (8 devices), with config.mesh = {"ici", "dcn"} and FSDP+TP rules: two
+  # emulated slices x (fsdp=2, model=2). Same losses as w1 (1 process, 4 devices, data parallel).
+  from kforcing_jax.training import train
+  spec = importlib.util.spec_from_file_location("tiny_cpu_cfg", os.path.join(REPO, "experiments/configs/tiny_cpu.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config("stage=ar")
+  p = mesh_presets.preset("fsdp_tp", model_parallel=2, num_slices=2)
+  with config.unlocked():
+    for flag in _trainer_args("unused", str(runs["root"] / "data"))[len(ENTRY) + 2:]:
+      key, value = flag[len("--config."):].split("=", 1)
+      *parents, leaf = key.split(".")
+      node = config
+      for name in parents:
+        node = node[name]
+      node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+    config.mesh = p["mesh"]
+    config.sharding_rules = p["sharding_rules"]
+  workdir = str(tmp_path / "hybrid")
+  train.train_and_evaluate(config, workdir)
+  train1, eval1 = _metrics(runs["w1"])
+  train_h, eval_h = _metrics(workdir)
+  np.testing.assert_allclose([train_h[s] for s in range(1, 5)], [train1[s] for s in range(1, 5)], rtol=1e-5)
+  np.testing.assert_allclose(eval_h[4], eval1[4], rtol=1e-5)
