@@ -128,7 +128,8 @@ def main(argv):
   print("| impl | shape | temp MiB | peak MiB | fwd+bwd ms (median) | note |")
   print("|---|---|---:|---:|---:|---|")
   for impl, shape, temp, peak, secs, note in rows:
-    print(f"| {impl} | {shape} | {temp / 2**20:.1f} | {peak / 2**20:.1f} | {secs * 1e3:.1f} | {note} |")
+    ms = "compile only" if np.isnan(secs) else f"{secs * 1e3:.1f}"
+    print(f"| {impl} | {shape} | {temp / 2**20:.1f} | {peak / 2**20:.1f} | {ms} | {note} |")
 
 
 if __name__ == "__main__":

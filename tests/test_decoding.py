@@ -1,5 +1,7 @@
 """Decoders: scan == Python loop, AR == inverse CDF of full-forward logits, push-forward step == staircase,
 verify == AR token for token on ragged batches, EOS padding and frequency-penalty semantics."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,46 +33,52 @@ def _batch(width=None):
   return jnp.asarray(tok), jnp.asarray(lens)
 
 
-def _ar_loop(cfg, params, prompts, u, n):
-  """Reference: one row at a time, one eager decode call per token."""
+@functools.lru_cache(maxsize=None)
+def _jit_decode(cfg, ctx_logits):
   model = KForcingLM(cfg)
-  out = []
+  return jax.jit(lambda p, tok, n, cache, noise, tau: model.apply(
+      {"params": p}, tok, n, cache, noise, tau, ctx_logits=ctx_logits, method=model.decode))
+
+
+def _first(cfg, params, p, size, noise=None, tau=None, ctx_logits="none"):
+  """One row's prompt, padded to width 8 (one compile for every prompt length), into a fresh cache."""
+  tok = jnp.zeros((1, 8), jnp.int32).at[0, :len(p)].set(jnp.asarray(p, jnp.int32))
+  return _jit_decode(cfg, ctx_logits)(params, tok, jnp.asarray([len(p)]), init_cache(cfg, 1, size), noise, tau)
+
+
+def _ar_loop(cfg, params, prompts, u, n):
+  """Reference: one row at a time, one decode call per token, sampling on the host side of the loop."""
+  out, u = [], np.asarray(u)
   for b, p in enumerate(prompts):
-    cache = init_cache(cfg, 1, len(p) + n)
-    tok = jnp.asarray([p], jnp.int32)
+    logits, _, cache = _first(cfg, params, p, 8 + n, ctx_logits="last")
     toks = []
     for _ in range(n):
-      logits, _, cache = model.apply({"params": params}, tok, jnp.asarray([tok.shape[1]]), cache, ctx_logits="last",
-                                     method=model.decode)
       pos = int(cache["len"][0])
-      nxt = int(inverse_cdf.sample(logits, u[b:b + 1, pos])[0])
-      toks.append(nxt)
-      tok = jnp.asarray([[nxt]], jnp.int32)
+      toks.append(int(inverse_cdf.sample(logits, u[b:b + 1, pos])[0]))
+      tok = jnp.asarray([[toks[-1]]], jnp.int32)
+      logits, _, cache = _jit_decode(cfg, "last")(params, tok, jnp.ones((1,), jnp.int32), cache, None, None)
     out.append(toks)
   return np.array(out)
 
 
 def _pflm_loop(cfg, params, prompts, u, n, k, lam=None):
-  model = KForcingLM(cfg)
-  out = []
+  out, u = [], np.asarray(u)  # numpy slices: eager jax slices would compile once per offset
+  tau = jnp.ones((1,))
   for b, p in enumerate(prompts):
-    cache = init_cache(cfg, 1, len(p) + n + 2 * k)
-    tok = jnp.asarray([p], jnp.int32)
-    counts = None if lam is None else jnp.zeros((1, cfg.vocab_size))
+    counts = None if lam is None else np.zeros(cfg.vocab_size)
+    _, hl, cache = _first(cfg, params, p, 8 + n + 2 * k, u[b:b + 1, len(p):len(p) + k], tau)
     toks = []
-    while len(toks) < n:
-      start = int(cache["len"][0]) + tok.shape[1]
-      noise = u[b:b + 1, start:start + k]
-      _, hl, cache = model.apply({"params": params}, tok, jnp.asarray([tok.shape[1]]), cache, noise, jnp.ones((1,)),
-                                 method=model.decode)
-      y = []
+    while True:
       for i in range(k):
-        lg = hl[0, i] if counts is None else hl[0, i] - lam * counts[0]
-        y.append(int(jnp.argmax(lg)))
+        lg = np.asarray(hl[0, i]) - (0.0 if counts is None else lam * counts)
+        toks.append(int(np.argmax(lg)))
         if counts is not None:
-          counts = counts.at[0, y[-1]].add(1.0)
-      toks += y
-      tok = jnp.asarray([y], jnp.int32)
+          counts[toks[-1]] += 1
+      if len(toks) >= n:
+        break
+      start = int(cache["len"][0]) + k
+      _, hl, cache = _jit_decode(cfg, "none")(params, jnp.asarray([toks[-k:]], jnp.int32), jnp.full((1,), k),
+                                              cache, u[b:b + 1, start:start + k], tau)
     out.append(toks[:n])
   return np.array(out)
 
@@ -101,9 +109,10 @@ def test_ar_equals_inverse_cdf_of_full_forward(teacher, temperature):
   gen = np.asarray(ar.decoder(cfg, N)(params, tok, lens, 5, temperature, 0))
   u = common.position_noise(5, len(PROMPTS), ar.noise_length(tok.shape[1], N))
   model = KForcingLM(cfg)
+  forward = jax.jit(lambda x: model.apply({"params": params}, x))
   for b, p in enumerate(PROMPTS):
-    seq = jnp.asarray([p + list(gen[b])], jnp.int32)
-    logits = model.apply({"params": params}, seq)[0]
+    seq = jnp.zeros((1, 24), jnp.int32).at[0, :len(p) + N].set(jnp.asarray(p + list(gen[b]), jnp.int32))
+    logits = forward(seq)[0]  # causal: the padding after the sequence changes nothing
     pos = jnp.arange(len(p), len(p) + N)
     want = inverse_cdf.sample(logits[pos - 1], u[b, pos], temperature)
     np.testing.assert_array_equal(gen[b], np.asarray(want))
@@ -141,12 +150,11 @@ def test_pflm_decode_step_equals_staircase(student):
   x = jax.random.randint(jax.random.key(0), (1, w), 0, cfg.vocab_size)
   noise = jax.random.uniform(jax.random.key(1), (1, w, k))
   tau = jnp.full((1,), 0.8)
-  stair = model.apply({"params": params}, x, noise, tau, method=model.staircase)
+  stair = jax.jit(lambda *a: model.apply({"params": params}, *a, method=model.staircase))(x, noise, tau)
+  step = _jit_decode(cfg, "none")
   for t in (0, 4, w - 1):
-    cache = init_cache(cfg, 1, 16)
     ctx = jnp.zeros((1, 12), jnp.int32).at[:, : t + 1].set(x[:, : t + 1])
-    _, hl, _ = model.apply({"params": params}, ctx, jnp.asarray([t + 1]), cache, noise[:, t], tau,
-                           method=model.decode)
+    _, hl, _ = step(params, ctx, jnp.asarray([t + 1]), init_cache(cfg, 1, 16), noise[:, t], tau)
     np.testing.assert_allclose(hl[0], stair[0, t], atol=2e-4, rtol=1e-4)
 
 

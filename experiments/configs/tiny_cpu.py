@@ -36,4 +36,5 @@ def get_config(arg=None):
   c.checkpoint_every = max(c.num_steps // 2, 1)
   if a.runlocal:
     c.num_steps, c.eval_every, c.checkpoint_every, c.log_every = 20, 10, 10, 5
+    c.optim.warmup_steps = 5
   return c

@@ -1,8 +1,8 @@
 """Decoding throughput: AR vs push-forward (K = 1..4) vs verify, over batch sizes, prefill timed apart.
 
 Every decoder runs as two jitted phases (`phases` in each decoder module): prefill (prompt into a fresh cache, first
-token(s)) and the step loop (cache donated). Both are compiled by a warm-up call; each repeat then times a fresh
-prefill and the loop separately with `block_until_ready`. Reported tokens/s = batch * num_tokens / median loop
+token(s)) and the step loop (cache donated). Both are compiled ahead of time (the warm-up); each repeat then times a
+fresh prefill and the loop separately with `block_until_ready`, and the median over repeats is reported. Reported tokens/s = batch * num_tokens / median loop
 time (prefill excluded; its median is reported apart, plus the end-to-end rate). All decoders share the model's
 dtype and the [B, S, H, D] preallocated cache layout.
 
@@ -48,17 +48,19 @@ def _prompts(batch: int, prompt_len: int, vocab: int, seed: int = 0):
   return jnp.asarray(padded), jnp.asarray(lens)
 
 
-def _timed(pre, run, repeats: int):
+def _timed(pre, pre_args, run, run_args, repeats: int):
+  # Compile both phases ahead of time (a warm-up that costs no full decode), then time fresh prefill + loop pairs.
+  pre_c = pre.lower(*pre_args).compile()
+  run_c = run.lower(*run_args(jax.block_until_ready(pre_c(*pre_args)))).compile()
   pre_t, loop_t, out = [], [], None
-  for i in range(repeats + 1):  # call 0 compiles both phases
+  for _ in range(repeats):
     t0 = time.perf_counter()
-    state = jax.block_until_ready(pre())
+    state = jax.block_until_ready(pre_c(*pre_args))
     t1 = time.perf_counter()
-    out = jax.block_until_ready(run(state))
+    out = jax.block_until_ready(run_c(*run_args(state)))
     t2 = time.perf_counter()
-    if i:
-      pre_t.append(t1 - t0)
-      loop_t.append(t2 - t1)
+    pre_t.append(t1 - t0)
+    loop_t.append(t2 - t1)
   return statistics.median(pre_t), statistics.median(loop_t), out
 
 
@@ -76,7 +78,7 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
     k: tokens per step (pflm / verify).
     sampler: AR sampler.
     teacher: (cfg, params) of the AR teacher (verify mode).
-    repeats: timed repeats after one warm-up.
+    repeats: timed repeats after compilation (median reported).
     unroll: scan unroll.
     seed: noise / prompt seed.
   Returns:
@@ -87,17 +89,16 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
   if mode == "ar":
     u = common.position_noise(seed, batch, ar.noise_length(width, num_tokens))
     pre, run = ar.phases(cfg, num_tokens, sampler, unroll)
-    res = _timed(lambda: pre(params, tok, lens, u, 1.0), lambda s: run(params, *s, u, 1.0)[0], repeats)
+    res = _timed(pre, (params, tok, lens, u, 1.0), run, lambda s: (params, *s, u, 1.0), repeats)
   elif mode == "pflm":
     u = common.position_noise(seed, batch, pflm.noise_length(width, num_tokens, k))
     pre, run = pflm.phases(cfg, k, num_tokens, False, unroll)
-    res = _timed(lambda: pre(params, tok, lens, u, 1.0, 0.0), lambda s: run(params, s, u, 1.0, 0.0)[0], repeats)
+    res = _timed(pre, (params, tok, lens, u, 1.0, 0.0), run, lambda s: (params, s, u, 1.0, 0.0), repeats)
   elif mode == "verify":
     t_cfg, t_params = teacher
     u = common.position_noise(seed, batch, verify.noise_length(width, num_tokens, k))
     pre, run = verify.phases(cfg, t_cfg, k, num_tokens)
-    res = _timed(lambda: pre(params, t_params, tok, lens, u, 1.0), lambda s: run(params, t_params, s, u, 1.0),
-                 repeats)
+    res = _timed(pre, (params, t_params, tok, lens, u, 1.0), run, lambda s: (params, t_params, s, u, 1.0), repeats)
   else:
     raise ValueError(f"unknown mode {mode!r}")
   pre_s, loop_s, out = res
@@ -125,7 +126,8 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
     num_tokens, prompt_len, repeats, unroll: see `time_decoder`.
     progress: tqdm bar.
   Returns:
-    {"config", "settings", "results": {batch: {name: row}}, "speedup": {batch: {name: x over the AR baseline}}}.
+    {"config", "baseline", "settings", "results": {str(batch): {name: row}},
+     "speedup": {str(batch): {name: x over the AR baseline}}}.
   """
   from tqdm.auto import tqdm
 
@@ -138,10 +140,10 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
   results = {}
   bar = tqdm(total=len(jobs) * len(batch_sizes), desc="bench", disable=not progress)
   for b in batch_sizes:
-    results[b] = {}
+    results[str(b)] = {}
     for name, mode, c, p, k, s in jobs:
       bar.set_postfix_str(f"B={b} {name}")
-      results[b][name] = time_decoder(mode, c, p, b, num_tokens=num_tokens, prompt_len=prompt_len, k=k,
+      results[str(b)][name] = time_decoder(mode, c, p, b, num_tokens=num_tokens, prompt_len=prompt_len, k=k,
                                       sampler=s or AR_BASELINE, teacher=teacher, repeats=repeats, unroll=unroll)
       bar.update()
   bar.close()

@@ -6,6 +6,7 @@ default. Inside `pltpu.force_tpu_interpret_mode()` every `pallas_call` is interp
 we pass, so tests can exercise the TPU path on CPU.
 """
 import jax
+import numpy as np
 from jax.experimental.pallas import tpu as pltpu
 
 SUPPORTED_BACKENDS = ("cpu", "gpu", "tpu")
@@ -46,3 +47,48 @@ def call_kwargs(name: str, num_grid_axes: int) -> dict:
 def row_multiple(name: str) -> int:
   """Smallest tile height a matmul operand may have on the backend (Triton dots need >= 16 rows)."""
   return 16 if name == "gpu" else 8
+
+
+def per_batch_and_head_shard(fn, ranks, out_ranks):
+  """Wraps `fn` so that, under an active mesh, it runs on each device's (batch, heads) shard via shard_map.
+
+  A `pallas_call` is opaque to XLA's partitioner, which would otherwise gather its operands and run the whole
+  batch on every device. Our kernels are independent per (batch row, head), so running them per shard is exact.
+  Arguments are laid out [B, ..., H, D] (batch first, heads second to last); axes other than batch and heads are
+  never split here, whatever the logical rules say. Scalars-per-row arguments (rank 1 or 2) are split on batch only.
+
+  Args:
+    fn: the kernel wrapper, positional array arguments (None allowed).
+    ranks: rank of each positional argument (0 for a None argument).
+    out_ranks: ranks of the outputs (a tuple; a single output if an int).
+  Returns:
+    `fn` itself when no mesh (or a one-device mesh) is active, else its shard_map.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn
+  import flax.linen as nn  # the logical axis rules live in flax's context
+  from jax.sharding import PartitionSpec as P
+  batch_axes, head_axes = nn.logical_to_mesh_axes(("batch", "heads"))
+
+  def spec(rank):
+    if rank == 0:
+      return None
+    if rank <= 2:
+      return P(batch_axes, *([None] * (rank - 1)))
+    return P(batch_axes, *([None] * (rank - 3)), head_axes, None)
+
+  def axis_size(axes):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+  def wrapped(*args):
+    for a in args:
+      if a is not None and a.ndim >= 3 and (a.shape[0] % axis_size(batch_axes) or a.shape[-2] % axis_size(head_axes)):
+        raise ValueError(f"pallas kernels shard batch over {batch_axes} and heads over {head_axes}; shape {a.shape} "
+                         f"does not divide mesh {dict(mesh.shape)}")
+    outs = out_ranks if isinstance(out_ranks, tuple) else (out_ranks,)
+    out_specs = tuple(spec(r) for r in outs) if isinstance(out_ranks, tuple) else spec(out_ranks)
+    return jax.shard_map(fn, in_specs=tuple(spec(r) for r in ranks), out_specs=out_specs, check_vma=False)(*args)
+
+  return wrapped

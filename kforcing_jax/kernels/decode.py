@@ -112,6 +112,8 @@ def _validate(q, qpos, k_cache, v_cache, kv_len, n_ctx, kh, vh, be):
 def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int, kh=None, vh=None):
   """One decode step's attention through the Pallas kernel (drop-in for `attention.decode_attention`).
 
+  Under an active mesh the kernel runs per (batch, heads) shard (`backend.per_batch_and_head_shard`).
+
   Args:
     q_BxQxHxD: queries [context tokens | hints], Q = n_ctx + K.
     qpos_BxQ: absolute positions of the queries (context rows use them for causality).
@@ -126,6 +128,12 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
   """
   be = backend.current()
   bk, n_hints = _validate(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx, kh, vh, be)
+  kernel = functools.partial(_decode_call, n_ctx=n_ctx, n_hints=n_hints, bk=bk, be=be)
+  ranks = (4, 2, 4, 4, 1) + ((4, 4) if n_hints else (0, 0))
+  return backend.per_batch_and_head_shard(kernel, ranks, 4)(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, kh, vh)
+
+
+def _decode_call(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, kh, vh, *, n_ctx, n_hints, bk, be):
   b, nq, h, d = q_BxQxHxD.shape
   mult = backend.row_multiple(be)
   qp = -(-nq // mult) * mult

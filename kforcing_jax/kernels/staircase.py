@@ -302,7 +302,8 @@ def _validate(qc, kc, vc, qh, kh, vh, block_q, block_k, be):
 def staircase_attention(qc, kc, vc, qh, kh, vh, block_q: int = 128, block_k: int = 128):
   """Staircase training attention (context causal; hints see context <= t and their window's hints <= i).
 
-  Differentiable w.r.t. all six inputs through Pallas backward kernels (see the module docstring).
+  Differentiable w.r.t. all six inputs through Pallas backward kernels (see the module docstring). Under an active
+  mesh the kernels run per (batch, heads) shard (`backend.per_batch_and_head_shard`).
 
   Args:
     qc, kc, vc: context queries/keys/values after RoPE, [B, W, H, D], float32 or bfloat16.
@@ -317,4 +318,5 @@ def staircase_attention(qc, kc, vc, qh, kh, vh, block_q: int = 128, block_k: int
   """
   be = backend.current()
   _validate(qc, kc, vc, qh, kh, vh, block_q, block_k, be)
-  return _staircase(int(block_q), int(block_k), be, qc, kc, vc, qh, kh, vh)
+  fn = functools.partial(_staircase, int(block_q), int(block_k), be)
+  return backend.per_batch_and_head_shard(fn, (4, 4, 4, 5, 5, 5), (4, 5))(qc, kc, vc, qh, kh, vh)

@@ -1,9 +1,11 @@
 """Parallelism strategies as config data (mesh spec + logical rules), hybrid ICI/DCN meshes, and launch checks.
 
 A strategy is two pieces of config, consumed by `sharding.make_mesh` / `sharding.shardings_for`:
-  mesh            [(axis, size)], one size may be -1; or, for multislice / multi-granule jobs,
-                  {"ici": [(axis, size)], "dcn": [(axis, size)]}: "ici" is the mesh inside one slice (fast
-                  interconnect), "dcn" how many slices go along each axis (data-center network; usually only "data").
+  mesh            [(axis, size)], one size may be -1; or, for multislice / multi-granule jobs, a hybrid spec:
+                  [(axis, ici size, dcn size)]: the ici size is the axis inside one slice (fast interconnect), the
+                  dcn size how many slices go along it (data-center network; usually only "data" has one > 1).
+                  The same as a dict {"ici": [(axis, size)], "dcn": [(axis, size)]} (either form is accepted; the
+                  list form fits the list-typed `config.mesh` field).
   sharding_rules  [(logical axis, mesh axis or axes or None)]
 Every preset uses the same three axes, so presets mix freely and a size-1 axis costs nothing:
   data   pure data parallelism: batch split, parameters replicated.
@@ -43,7 +45,7 @@ def preset(strategy: str, model_parallel: int = 1, num_slices: int = 1) -> dict:
     num_slices: TPU slices (or hosts/granules) joined over DCN; the data axis goes across them, so only
       gradients cross the slow network.
   Returns:
-    {"mesh": spec, "sharding_rules": rules}, where spec is [(axis, size)] for one slice, else {"ici", "dcn"}.
+    {"mesh": spec, "sharding_rules": rules}: spec is [[axis, size]] for one slice, else [[axis, ici, dcn]].
   """
   if strategy not in RULES:
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {sorted(RULES)}")
@@ -53,14 +55,28 @@ def preset(strategy: str, model_parallel: int = 1, num_slices: int = 1) -> dict:
     raise ValueError(f"strategy {strategy!r} has no model axis; model_parallel must be 1, got {model_parallel}")
   sizes = {"dp": (-1, 1, model_parallel), "fsdp": (1, -1, model_parallel), "tp": (-1, 1, model_parallel),
            "fsdp_tp": (1, -1, model_parallel)}[strategy]
-  ici = [(a, s) for a, s in zip(AXES, sizes)]
-  mesh: Any = ici if num_slices == 1 else {"ici": ici, "dcn": [("data", num_slices), ("fsdp", 1), ("model", 1)]}
+  if num_slices == 1:
+    mesh: Any = [[a, s] for a, s in zip(AXES, sizes)]
+  else:
+    mesh = [[a, s, num_slices if a == "data" else 1] for a, s in zip(AXES, sizes)]
   return {"mesh": mesh, "sharding_rules": [list(r) for r in RULES[strategy]]}
 
 
 def is_hybrid(mesh_spec) -> bool:
-  """Whether a mesh spec is the {"ici": ..., "dcn": ...} form."""
-  return hasattr(mesh_spec, "keys") and "ici" in mesh_spec
+  """Whether a mesh spec is hybrid: {"ici": ..., "dcn": ...} or [(axis, ici size, dcn size)]."""
+  if hasattr(mesh_spec, "keys"):
+    return "ici" in mesh_spec
+  return any(len(entry) == 3 for entry in mesh_spec)
+
+
+def split_hybrid(mesh_spec) -> tuple[list, dict]:
+  """([(axis, ici size)], {axis: dcn size}) of a hybrid spec in either form."""
+  if hasattr(mesh_spec, "keys"):
+    return _pairs(mesh_spec["ici"]), dict(_pairs(mesh_spec.get("dcn", ())))
+  if any(len(e) not in (2, 3) for e in mesh_spec):
+    raise ValueError(f"mesh entries are (axis, size) or (axis, ici size, dcn size), got {list(mesh_spec)}")
+  ici = [(str(e[0]), int(e[1])) for e in mesh_spec]
+  return ici, {str(e[0]): int(e[2]) for e in mesh_spec if len(e) == 3}
 
 
 def _pairs(spec) -> list:
@@ -71,7 +87,7 @@ def resolve_sizes(mesh_spec, num_devices: int, num_granules: int = 1) -> dict:
   """Axis sizes of a (flat or hybrid) mesh spec for `num_devices` devices in `num_granules` slices.
 
   Args:
-    mesh_spec: [(axis, size)] or {"ici": ..., "dcn": ...}.
+    mesh_spec: [(axis, size)], or a hybrid spec (module docstring).
     num_devices: all devices.
     num_granules: slices (hybrid specs: must equal the product of the dcn sizes).
   Returns:
@@ -80,7 +96,7 @@ def resolve_sizes(mesh_spec, num_devices: int, num_granules: int = 1) -> dict:
     ValueError: the spec does not fit the devices (one line).
   """
   if is_hybrid(mesh_spec):
-    ici, dcn = _pairs(mesh_spec["ici"]), dict(_pairs(mesh_spec.get("dcn", ())))
+    ici, dcn = split_hybrid(mesh_spec)
     names = [n for n, _ in ici]
     if set(dcn) - set(names):
       raise ValueError(f"dcn axes {sorted(set(dcn) - set(names))} are not in the ici mesh {names}")
@@ -158,14 +174,13 @@ def make_hybrid_mesh(mesh_spec, devices: Optional[Sequence] = None) -> Mesh:
   splits its devices into that many contiguous groups, which lets tests exercise the layout on fake devices.
 
   Args:
-    mesh_spec: {"ici": [(axis, size)], "dcn": [(axis, size)]}.
+    mesh_spec: a hybrid spec, [(axis, ici size, dcn size)] or {"ici": [(axis, size)], "dcn": [(axis, size)]}.
     devices: devices (default: all global devices).
   Returns:
     A `jax.sharding.Mesh` with Auto axis types.
   """
   devices = list(jax.devices() if devices is None else devices)
-  ici = _pairs(mesh_spec["ici"])
-  dcn_d = dict(_pairs(mesh_spec.get("dcn", ())))
+  ici, dcn_d = split_hybrid(mesh_spec)
   names = tuple(n for n, _ in ici)
   slices = int(np.prod(list(dcn_d.values()) or [1]))
   granules = _granules(devices)

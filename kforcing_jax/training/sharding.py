@@ -34,8 +34,8 @@ def make_mesh(mesh_spec: Sequence = DEFAULT_MESH, devices: Optional[Sequence] = 
   """Builds a mesh (Auto axis types) from [(name, size)], one size may be -1.
 
   Args:
-    mesh_spec: axis names and sizes; or {"ici": [...], "dcn": [...]} for a multislice (hybrid ICI/DCN) mesh,
-      built by `mesh_presets.make_hybrid_mesh`.
+    mesh_spec: axis names and sizes; or a multislice (hybrid ICI/DCN) spec, [(name, ici size, dcn size)] or
+      {"ici": [...], "dcn": [...]}, built by `mesh_presets.make_hybrid_mesh`.
     devices: devices to lay out (default: all global devices).
   Returns:
     A `jax.sharding.Mesh`.

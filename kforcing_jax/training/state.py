@@ -66,23 +66,22 @@ def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
   return state, shardings, abstract
 
 
-def load_teacher(teacher_workdir: str, student: ModelConfig, param_shardings, targets: str):
-  """Restores a frozen teacher and checks that it fits the student.
+def check_teacher(teacher_workdir: str, student: ModelConfig, targets: str) -> tuple[ModelConfig, dict]:
+  """Checks (from its meta only) that a teacher fits the student; cheap, so it runs before anything else.
 
   Args:
     teacher_workdir: a workdir holding an AR or push-forward checkpoint.
     student: the student's model config (k_max = its k).
-    param_shardings: the student's param shardings (the teacher's tensors are laid out the same way).
     targets: "self_forcing" or "noise_inversion".
   Returns:
-    (teacher ModelConfig for the student's computation settings, teacher params, teacher meta).
+    (the teacher's ModelConfig with the student's computation settings, the teacher's meta).
   Raises:
     BadInputError: missing or empty workdir, architecture / vocab mismatch, k not a doubling of the teacher's.
   """
   if not teacher_workdir:
     raise BadInputError("stage pflm needs --config.teacher_workdir=DIR (a trained AR or push-forward workdir)")
   try:
-    step, meta = checkpoint.read_meta(teacher_workdir)
+    _, meta = checkpoint.read_meta(teacher_workdir)
   except checkpoint.CheckpointError as e:
     raise BadInputError(f"teacher_workdir: {e}") from e
   tmodel = meta.get("model", {})
@@ -97,13 +96,26 @@ def load_teacher(teacher_workdir: str, student: ModelConfig, param_shardings, ta
     raise BadInputError(f"self-forcing from an AR teacher trains k=1, got k={k} (distill 1 -> 2 -> 4 in stages)")
   if targets == "self_forcing" and tk > 0 and k != 2 * tk:
     raise BadInputError(f"k={k} is not a doubling of the teacher's k={tk} (a k -> 2k stage needs k={2 * tk})")
-  tcfg = student.replace(k_max=tk)
-  abstract = jax.eval_shape(lambda: nn.unbox(KForcingLM(tcfg).init(
-      jax.random.key(0), _dummy_tokens(tcfg), method=KForcingLM(tcfg).init_all))["params"])
+  return student.replace(k_max=tk), meta
+
+
+def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
+  """Restores the frozen teacher's params, laid out like the student's matching tensors.
+
+  Args:
+    teacher_workdir: the teacher's workdir (already checked by `check_teacher`).
+    teacher: its ModelConfig from `check_teacher`.
+    param_shardings: the student's param shardings.
+  Returns:
+    The teacher's inner params dict.
+  """
+  model = KForcingLM(teacher)
+  abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), _dummy_tokens(teacher),
+                                                        method=model.init_all))["params"])
   tshard = {name: param_shardings[name] for name in abstract}
-  _, out = checkpoint.restore(teacher_workdir, step, abstract_params=checkpoint.to_abstract(abstract, tshard),
+  _, out = checkpoint.restore(teacher_workdir, abstract_params=checkpoint.to_abstract(abstract, tshard),
                               items=("params",))
-  return tcfg, out["params"], meta
+  return out["params"]
 
 
 def transfer(student_params, teacher_params, shardings):

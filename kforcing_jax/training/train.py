@@ -146,8 +146,8 @@ def make_train_step(loss_fn, tx, schedule):
     (_, metrics), grads = grad_fn(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
-                   params_finite=jnp.isfinite(optax.global_norm(params)).astype(jnp.float32))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
+                   params_finite=jnp.isfinite(optax.tree.norm(params)).astype(jnp.float32))
     return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return train_step
@@ -187,8 +187,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh, rules = _mesh(config), sharding.rules_tuple(config.sharding_rules)
   resume_meta = _check_workdir(workdir, stage, mcfg, k)
   source = config.teacher_workdir if stage == "pflm" else (config.init_workdir or None)
-  if stage == "pflm" and not os.path.isdir(checkpoint.checkpoint_dir(source)):
-    raise BadInputError(f"teacher_workdir {source} has no checkpoints/ (train the teacher first)")
+  if source and not os.path.isdir(checkpoint.checkpoint_dir(source)):
+    raise BadInputError(f"{'teacher_workdir' if stage == 'pflm' else 'init_workdir'} {source} has no "
+                        "checkpoints/ (train it first)")
+  if stage == "pflm":
+    tcfg, _ = state_lib.check_teacher(source, mcfg, config.targets)
 
   # ---- tokenizer and data ----
   tokenizer = inputs.tokenizer_for_run(config, workdir, source, resuming=resume_meta is not None)
@@ -205,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   param_sh = state_sh["params"]
   teacher_model, teacher_params, teacher_sh = None, None, None
   if stage == "pflm":
-    tcfg, teacher_params, _ = state_lib.load_teacher(source, mcfg, param_sh, config.targets)
+    teacher_params = state_lib.load_teacher(source, tcfg, param_sh)
     teacher_model, teacher_sh = KForcingLM(tcfg), {n: param_sh[n] for n in teacher_params}
   mngr = checkpoint.manager(workdir, max_to_keep=int(config.keep_checkpoints))
   if resume_meta is not None:

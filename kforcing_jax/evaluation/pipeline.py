@@ -1,0 +1,187 @@
+"""The demo main job: corpus + tokenizer -> AR teacher -> k = 1 -> 2 -> 4 students -> evaluation, samples, benchmark.
+
+Stages live in OUT/{ar,k1,k2,k4} (trainer workdirs, experiments/configs/tiny_cpu.py) and OUT/{eval_k2,eval_k4,
+bench_demo}.json. A finished training stage leaves OUT/<stage>/DONE.json (its final metrics) and is skipped on a
+rerun; an interrupted one resumes from its checkpoint (the trainer restores params, optimizer, RNG and data
+iterator); evaluation / benchmark files that exist are reused. `quick` runs every stage as a 20-step smoke run of a
+smaller model (the `runlocal` config arg plus the overrides below), a short evaluation and a small benchmark.
+"""
+import importlib.util
+import json
+import os
+import time
+from typing import Optional
+
+STAGES = (("ar", "stage=ar", None), ("k1", "stage=pflm,k=1", "ar"), ("k2", "stage=pflm,k=2", "k1"),
+          ("k4", "stage=pflm,k=4", "k2"))
+QUICK_MODEL = dict(num_layers=2, d_model=128, num_heads=4, mlp_dim=256)
+SUMMARY_KEYS = ("gen_ppl", "entropy", "slot_agreement", "tokens_per_s", "speedup")
+
+
+def _config_module():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  path = os.path.join(os.path.dirname(root), "experiments", "configs", "tiny_cpu.py")
+  if not os.path.exists(path):
+    raise ValueError(f"demo config not found at {path} (run from a source checkout)")
+  spec = importlib.util.spec_from_file_location("tiny_cpu_config", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def stage_config(arg: str, teacher_dir: Optional[str], quick: bool):
+  """The trainer config of one demo stage (tiny_cpu.py; quick: runlocal + a smaller model)."""
+  config = _config_module().get_config(arg + (",runlocal" if quick else ""))
+  with config.unlocked():
+    if teacher_dir:
+      config.teacher_workdir = teacher_dir
+    config.progress_bar = True
+    if quick:
+      config.model.update(QUICK_MODEL)
+      config.seq_len = min(int(config.seq_len), 64)
+      config.batch_size = 8
+      config.eval_batches = 1
+  return config
+
+
+def _write_json(path, obj):
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, ensure_ascii=False)
+  os.replace(path + ".tmp", path)
+
+
+def _cached(path, make, log):
+  if os.path.exists(path):
+    log(f"[demo] reusing {path}")
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  obj = make()
+  _write_json(path, obj)
+  return obj
+
+
+def train_stages(out: str, quick: bool, log=print) -> dict:
+  """Trains (or skips / resumes) every stage; returns {stage: final metrics}."""
+  from kforcing_jax.training import train
+
+  done = {}
+  for name, arg, teacher in STAGES:
+    wd = os.path.join(out, name)
+    marker = os.path.join(wd, "DONE.json")
+    if os.path.exists(marker):
+      log(f"[demo] stage {name}: already trained ({marker})")
+      with open(marker) as f:
+        done[name] = json.load(f)
+      continue
+    log(f"[demo] stage {name}: training ({arg}{', quick' if quick else ''})")
+    cfg = stage_config(arg, os.path.join(out, teacher) if teacher else None, quick)
+    t0 = time.time()
+    metrics = train.train_and_evaluate(cfg, wd)
+    metrics["stage_wall_s"] = time.time() - t0
+    _write_json(marker, metrics)
+    done[name] = metrics
+  return done
+
+
+def summarize(evals: dict, bench: dict, batch: int) -> dict:
+  """summary.json: teacher / k2 / k4 with gen_ppl, entropy, slot_agreement, tokens_per_s, speedup."""
+  res, spd = bench["results"][str(batch)], bench["speedup"][str(batch)]
+  base = bench["baseline"]
+  teacher = evals["k4"]["teacher"]
+  out = {"teacher": {"gen_ppl": teacher["gen_ppl"], "entropy": teacher["entropy"], "slot_agreement": 1.0,
+                     "tokens_per_s": res[base]["tokens_per_s"], "speedup": 1.0}}
+  for name, k in (("k2", 2), ("k4", 4)):
+    ev = evals[name]
+    out[name] = {"gen_ppl": ev["student"]["gen_ppl"], "entropy": ev["student"]["entropy"],
+                 "slot_agreement": sum(ev["slot_agreement"]) / len(ev["slot_agreement"]),
+                 "tokens_per_s": res[f"k{k}"]["tokens_per_s"], "speedup": spd[f"k{k}"],
+                 "gen_ppl_penalty": ev["student_penalty"]["gen_ppl"],
+                 "entropy_penalty": ev["student_penalty"]["entropy"],
+                 "slot_agreement_per_slot": ev["slot_agreement"],
+                 "verify_tokens_per_pass": ev["verify"]["tokens_per_pass"]}
+  out["settings"] = {"batch_size": batch, "ar_baseline": base, "num_tokens_eval": evals["k4"]["num_tokens"],
+                     "num_samples": evals["k4"]["num_samples"]}
+  return out
+
+
+def table(summary: dict) -> str:
+  """The demo's closing table (markdown)."""
+  rows = ["| model | gen-PPL (teacher) | entropy | slot agreement | tokens/s | speed-up |", "|---|---|---|---|---|---|"]
+  for name in ("teacher", "k2", "k4"):
+    s = summary[name]
+    rows.append(f"| {name} | {s['gen_ppl']:.2f} | {s['entropy']:.3f} | {s['slot_agreement']:.3f} | "
+                f"{s['tokens_per_s']:.0f} | {s['speedup']:.2f}x |")
+  return "\n".join(rows)
+
+
+def run_demo(out: str = "demo_out", quick: bool = False, log=print) -> dict:
+  """The whole demo (resumable); returns the summary dict and writes OUT/summary.json, plots and samples."""
+  import kforcing_jax
+  from kforcing_jax.evaluation import benchmark, report
+
+  t0 = time.time()
+  os.makedirs(out, exist_ok=True)
+  train_stages(out, quick, log)
+  teacher = kforcing_jax.load(os.path.join(out, "ar"))
+  students = {n: kforcing_jax.load(os.path.join(out, n)) for n in ("k2", "k4")}
+  ev_kw = dict(num_samples=4, num_tokens=24, agreement_seqs=2) if quick else dict(num_samples=32)
+  evals = {}
+  for name, model in students.items():
+    log(f"[demo] evaluating {name} against the teacher")
+    evals[name] = _cached(os.path.join(out, f"eval_{name}.json"), lambda m=model: report.evaluate(m, teacher, **ev_kw),
+                          log)
+  batches = [1, 4] if quick else [1, 8, 32]
+  bench_kw = dict(num_tokens=24, repeats=1, ar_samplers=("vocab_cdf", "icdf")) if quick else dict(repeats=3)
+
+  def make_bench():
+    log("[demo] benchmarking decoders")
+    k4 = students["k4"]
+    return benchmark.run(k4.config, k4.params, batches, (1, 2, 4), ar_model=(teacher.config, teacher.params),
+                         teacher=(teacher.config, teacher.params), **bench_kw)
+
+  bench = _cached(os.path.join(out, "bench_demo.json"), make_bench, log)
+  benchmark.plot_speedup(bench, os.path.join(out, "speedup.png"), title="demo model: speed-up vs batch size")
+  _plot_agreement(evals, os.path.join(out, "slot_agreement.png"))
+
+  prompts = ["In the beginning", "And the LORD said unto Moses", "Blessed are"]
+  n = 24 if quick else 48
+  samples = [{"model": "teacher (AR)", "texts": teacher.generate(prompts, n, seed=1)}]
+  for name, model in students.items():
+    k = model.k_max
+    samples.append({"model": f"{name} (K={k})", "texts": model.generate(prompts, n, k=k, seed=1)})
+    samples.append({"model": f"{name} (K={k}, penalty {report.DEFAULT_PENALTY[k]})",
+                    "texts": model.generate(prompts, n, k=k, seed=1, freq_penalty=report.DEFAULT_PENALTY[k])})
+  _write_json(os.path.join(out, "samples.json"), {"prompts": prompts, "samples": samples})
+
+  summary = summarize(evals, bench, 1)
+  summary["wall_s"] = time.time() - t0
+  summary["quick"] = quick
+  _write_json(os.path.join(out, "summary.json"), summary)
+  log("\n" + table(summary))
+  log(f"(tokens/s at batch 1 over {bench['settings']['num_tokens']} new tokens, prefill excluded; speed-up over AR "
+      f"with the {bench['baseline']} sampler; full sweep in {os.path.join(out, 'bench_demo.json')})\n")
+  for s in samples:
+    log(f"--- {s['model']}")
+    for p, t in zip(prompts, s["texts"]):
+      log(f"  {p} | {t!r}")
+  log(f"[demo] done in {summary['wall_s']:.0f} s; outputs in {out}")
+  return summary
+
+
+def _plot_agreement(evals: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for name, ev in evals.items():
+    ks = range(1, len(ev["slot_agreement"]) + 1)
+    ax.plot(ks, ev["slot_agreement"], marker="o", label=f"{name}: slot")
+    ax.plot(ks, ev["prefix_agreement"], marker="x", ls="--", label=f"{name}: prefix")
+  ax.set_xlabel("slot i")
+  ax.set_ylabel("agreement with the teacher (shared noise)")
+  ax.set_ylim(0, 1)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

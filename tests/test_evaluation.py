@@ -1,0 +1,85 @@
+"""Metrics, the evaluation report and the `load(...).generate` API on tiny saved workdirs."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kforcing_jax
+from kforcing_jax.data.tokenizers import BytesTokenizer
+from kforcing_jax.decoding import common
+from kforcing_jax.distill import inverse_cdf
+from kforcing_jax.evaluation import metrics, report
+from kforcing_jax.models import KForcingLM
+from workdir_helpers import TEXTS, make_workdir
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval")
+  return (kforcing_jax.load(make_workdir(root / "s", 4, 0)), kforcing_jax.load(make_workdir(root / "t", 0, 3)),
+          kforcing_jax.load(make_workdir(root / "o", 0, 5, tokenizer=BytesTokenizer(vocab_multiple=64))))
+
+
+def test_entropy_and_distinct():
+  assert metrics.unigram_entropy([[1, 1, 2, 2], [3, 3, 3, 3]]) == pytest.approx(math.log(2) / 2)
+  assert metrics.distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
+  assert metrics.distinct_n([[1, 2, 3, 4]], 3) == 1.0
+
+
+def test_teacher_nll_matches_unpadded_forward(models):
+  _, t, _ = models
+  prompts, gen = [[256, 70, 71], [256, 72]], np.array([[5, 6, 7], [8, 9, 10]])
+  nll = metrics.teacher_nll(t.config, t.params, prompts, gen)
+  model = KForcingLM(t.config)
+  for i, p in enumerate(prompts):
+    seq = jnp.asarray([p + list(gen[i])])
+    logp = jax.nn.log_softmax(model.apply({"params": t.params}, seq)[0], -1)
+    want = [-float(logp[len(p) - 1 + j, gen[i, j]]) for j in range(3)]
+    np.testing.assert_allclose(nll[i], want, rtol=1e-5, atol=1e-5)
+
+
+def test_slot_agreement_slot1_is_inverse_cdf_agreement(models):
+  s, t, _ = models
+  seqs = np.stack([np.asarray([256] + t.tokenizer.encode(x)[:23]) for x in TEXTS[:3]])
+  k, w = 3, seqs.shape[1] - 3
+  slot, prefix = metrics.slot_agreement(s.config, s.params, t.config, t.params, seqs, k, seed=1, windows=w)
+  assert all(0 <= p <= a <= 1 for p, a in zip(prefix, slot)) and prefix == sorted(prefix, reverse=True)
+  # Slot 1 directly: student hint 1 at window t vs the teacher's inverse-CDF token from a full forward.
+  u = common.position_noise(1, 3, seqs.shape[1] + k + 1)
+  noise = u[:, jnp.arange(w)[:, None] + 1 + jnp.arange(k)[None, :]]
+  sm, tm = KForcingLM(s.config), KForcingLM(t.config)
+  y = jnp.argmax(sm.apply({"params": s.params}, jnp.asarray(seqs[:, :w]), noise, jnp.ones((3,)),
+                          method=sm.staircase)[:, :, 0], -1)
+  z = inverse_cdf.sample(tm.apply({"params": t.params}, jnp.asarray(seqs))[:, :w], u[:, 1:w + 1])
+  assert slot[0] == pytest.approx(float(jnp.mean(y == z)))
+
+
+def test_report(models):
+  s, t, _ = models
+  out = report.evaluate(s, t, k=2, num_samples=3, prompt_len=4, num_tokens=10, seed=0, agreement_seqs=2,
+                        agreement_len=24, texts=TEXTS)
+  assert out["verify"]["matches_teacher"] == 1.0
+  assert 1.0 <= out["verify"]["tokens_per_pass"] <= 3.0
+  for name in ("teacher", "student", "student_penalty"):
+    assert set(out[name]) == {"gen_ppl", "entropy", "distinct_2", "distinct_3"} and out[name]["gen_ppl"] > 1
+  assert len(out["slot_agreement"]) == 2
+
+
+def test_generate_api(models):
+  s, t, other = models
+  prompts = ["In the", "And God said"]
+  assert len(s.generate(prompts, num_tokens=8)) == 2
+  a = t.generate(prompts, num_tokens=8, seed=3)
+  assert s.generate(prompts, num_tokens=8, k=2, seed=3, verify_with=t) == a
+  # A prompt's noise does not depend on its batch.
+  assert t.generate(prompts[1:], num_tokens=8, seed=3, row_offset=1) == a[1:]
+  bad = [dict(k=5), dict(temperature=0.0), dict(temperature=float("nan")), dict(num_tokens=70),
+         dict(prompts=[""]), dict(prompts=[]), dict(verify_with=other), dict(k=0, verify_with=t)]
+  for b in bad:
+    kw = {"prompts": prompts, "num_tokens": 8, **b}
+    with pytest.raises(ValueError):
+      s.generate(**kw)
+  with pytest.raises(ValueError):
+    kforcing_jax.load("/nonexistent/workdir")

@@ -1,0 +1,25 @@
+"""Tiny saved workdirs (checkpoint + bytes tokenizer) for the API / CLI / evaluation / notebook tests."""
+import jax
+
+from helpers import random_params, tiny_config
+from kforcing_jax.data.tokenizers import BytesTokenizer
+from kforcing_jax.training import checkpoint
+
+TEXTS = ["In the beginning God created the heaven and the earth.",
+         "And the earth was without form, and void; and darkness was upon the face of the deep.",
+         "And God said, Let there be light: and there was light."] * 4
+
+
+def make_workdir(path, k_max: int, seed: int = 0, seq_len: int = 40, tokenizer=None, max_len: int = 64, **cfg_kw):
+  """Writes a random-weight model (default: bytes tokenizer, vocab 384) as a trainer-like workdir; returns its path."""
+  tok = tokenizer or BytesTokenizer()
+  cfg = tiny_config(vocab_size=tok.vocab_size, k_max=k_max, max_len=max_len, **cfg_kw)
+  params = random_params(cfg, seed)[1]["params"]
+  meta = {"model": cfg.to_dict(), "tokenizer": tok.spec, "stage": "pflm" if k_max else "ar", "k": k_max, "step": 1,
+          "config": {"seq_len": seq_len, "data": {"name": "kjv", "tokenizer": "bytes"}}}
+  tok.save(str(path))
+  mngr = checkpoint.manager(str(path), async_save=False)
+  checkpoint.save(mngr, 1, jax.device_get(params), meta)
+  mngr.wait_until_finished()
+  mngr.close()
+  return str(path)
