@@ -1,10 +1,12 @@
 """Pallas kernels (CPU interpret mode) against the XLA oracles: staircase forward + all six gradients vs the dense
-mask, decode vs the XLA decode path, a few training steps vs `split`, TPU-semantics interpretation, bad input.
+mask, decode vs the XLA decode path and through the model vs `split`, a few training steps vs `split`, per-shard
+runs under a mesh, TPU-semantics interpretation, lowering for tpu / cuda, bad input.
 
 Tolerances: float32 inputs, max abs error 1e-5 on outputs and 1e-4 relative to max |grad| on gradients (the kernel
 sums in a different order than one softmax over the dense mask); bfloat16 inputs, 3e-2 (outputs, values O(1)) and
 5e-2 relative (gradients) against the float32 oracle on the same bf16-rounded inputs: the kernel rounds
-probabilities and dS to bf16 before the matmuls, the oracle does not.
+probabilities and dS to bf16 before the matmuls, the oracle does not. Decode: 1e-5 abs; model-level logits 1e-4
+abs; training losses rtol 1e-4.
 """
 import functools
 

@@ -135,9 +135,12 @@ def _start(args, num_processes, devices_per_process, log_dir, heartbeat_s=10):
   port = portpicker.pick_unused_port()
   os.makedirs(log_dir, exist_ok=True)
   procs, logs = [], []
+  # Runs of one topology share compiled programs through a persistent cache beside the logs.
+  cache = os.path.join(os.path.dirname(log_dir), f"jax_cache_{num_processes}x{devices_per_process}")
   for i in range(num_processes):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
-               JAX_PLATFORMS="cpu", KFJ_HEARTBEAT_TIMEOUT=str(heartbeat_s), KFJ_INIT_TIMEOUT="120")
+               JAX_PLATFORMS="cpu", KFJ_HEARTBEAT_TIMEOUT=str(heartbeat_s), KFJ_INIT_TIMEOUT="120",
+               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     for k in ("KFJ_COORDINATOR", "KFJ_NUM_PROCESSES", "KFJ_PROCESS_ID", "KFJ_DISTRIBUTED"):
       env.pop(k, None)
     if num_processes > 1:
@@ -303,3 +306,13 @@ def test_trainer_with_each_preset_matches(runs, tmp_path, strategy, model_parall
   train_p, eval_p = _metrics(workdir)
   np.testing.assert_allclose([train_p[s] for s in range(1, 5)], [train1[s] for s in range(1, 5)], rtol=1e-5)
   np.testing.assert_allclose(eval_p[4], eval1[4], rtol=1e-5)
+
+
+def test_missing_peer_is_a_bounded_wait(tmp_path):
+  # Process 0 of 2 whose peer never starts gives up after KFJ_INIT_TIMEOUT instead of waiting forever.
+  env = dict(os.environ, KFJ_COORDINATOR=f"127.0.0.1:{portpicker.pick_unused_port()}", KFJ_NUM_PROCESSES="2",
+             KFJ_PROCESS_ID="0", KFJ_INIT_TIMEOUT="2", JAX_PLATFORMS="cpu")
+  code = "from kforcing_jax.training import distributed; distributed.initialize_from_env(); print('joined')"
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=DEAD_PEER_TIMEOUT_S)
+  assert r.returncode != 0 and "joined" not in r.stdout
+  assert "DEADLINE_EXCEEDED" in r.stderr or "Deadline Exceeded" in r.stderr, r.stderr[-2000:]

@@ -2,9 +2,9 @@
 
 Every decoder runs as two jitted phases (`phases` in each decoder module): prefill (prompt into a fresh cache, first
 token(s)) and the step loop (cache donated). Both are compiled ahead of time (the warm-up); each repeat then times a
-fresh prefill and the loop separately with `block_until_ready`, and the median over repeats is reported. Reported tokens/s = batch * num_tokens / median loop
-time (prefill excluded; its median is reported apart, plus the end-to-end rate). All decoders share the model's
-dtype and the [B, S, H, D] preallocated cache layout.
+fresh prefill and the loop separately with `block_until_ready`. Reported tokens/s = batch * num_tokens / median
+loop time (prefill excluded; its median is reported apart, plus the end-to-end rate). All decoders share the
+model's dtype and the [B, S, H, D] preallocated cache layout.
 
 AR baselines (see `decoding.ar`): "vocab_cdf" (an exact sample at the cost of torch.multinomial; the baseline the
 speed-up is quoted against), "icdf" (the sorted inverse CDF the fidelity/verify paths use; a full vocabulary sort

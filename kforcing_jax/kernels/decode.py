@@ -12,7 +12,10 @@ The queries and hints are padded to a tile height the backend accepts (8 rows, 1
 discarded, padded hint keys masked.
 
 Backends as in `kernels.backend` (only interpret mode has been run). The cache is read in its model layout
-[B, S, H, D] with a head index inside the tile load, so no per-step transpose of the cache is needed.
+[B, S, H, D] with a head index inside the tile load, so no per-step transpose of the cache is needed. The row's
+cache is one BlockSpec block: on GPU that is a pointer and only the visited tiles are read; on TPU the pipeline
+copies the whole row into VMEM, so there the skip saves compute but not HBM reads (a manual-DMA version with
+memory_space=pl.ANY would fix that) and S * H * D per row must fit VMEM.
 """
 import functools
 

@@ -123,7 +123,9 @@ def initialize(spec: Optional[DistributedSpec] = None) -> DistributedSpec:
               process_id=spec.process_id)
   elif spec.mode != "auto":
     raise ValueError(f"unknown distributed mode {spec.mode!r}")
-  logging.info("jax.distributed.initialize(%s)", kw)
+  # Said before the call: if a peer never comes, JAX aborts the process after the timeout with a C++ log line only.
+  logging.info("joining a multi-process job (%s): jax.distributed.initialize(%s); gives up after %d s",
+               spec.mode, kw, spec.initialization_timeout)
   try:
     jax.distributed.initialize(**kw)
   except RuntimeError as e:
