@@ -26,5 +26,6 @@ KFJ_PROCESS_ID=$i KFJ_HEARTBEAT_TIMEOUT=${KFJ_HEARTBEAT_TIMEOUT:-100} exec $(pri
   fi
 done
 [[ $DRY == 1 ]] && exit 0
-# wait -n: the first host to fail ends the job; the trap kills the rest.
-for _ in "${PIDS[@]}"; do wait -n || exit $?; done
+# A failed host ends the script (the trap kills the rest); a host whose peer died exits by itself within
+# KFJ_HEARTBEAT_TIMEOUT seconds, so waiting in order never hangs on a dead job.
+for p in "${PIDS[@]}"; do wait "$p" || exit $?; done

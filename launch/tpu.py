@@ -125,6 +125,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
     except (KeyError, AttributeError, TypeError):
       raise UsageError(f"unknown config key {m.group(1)}") from None
     value = m.group(2)
+    if isinstance(old, (list, dict)) or hasattr(old, "keys"):  # what ml_collections' config_flags refuses too
+      raise UsageError(f"--config.{m.group(1)} cannot be overridden on the command line (a list / dict field); "
+                       "set it in a config file")
     if not isinstance(old, str):
       try:
         value = ast.literal_eval(value)

@@ -69,8 +69,9 @@ def _pflm_loop(cfg, params, prompts, u, n, k, lam=None):
     _, hl, cache = _first(cfg, params, p, 8 + n + 2 * k, u[b:b + 1, len(p):len(p) + k], tau)
     toks = []
     while True:
+      hl = np.asarray(hl)
       for i in range(k):
-        lg = np.asarray(hl[0, i]) - (0.0 if counts is None else lam * counts)
+        lg = hl[0, i] - (0.0 if counts is None else lam * counts)
         toks.append(int(np.argmax(lg)))
         if counts is not None:
           counts[toks[-1]] += 1

@@ -1,4 +1,4 @@
-"""The main job end to end: `python -m kforcing_jax.demo --quick` (run alone with `pytest -m slow tests/test_demo.py`)."""
+"""The main job end to end: `python -m kforcing_jax.demo --quick` (alone: `pytest -m slow tests/test_demo.py`)."""
 import json
 import os
 import subprocess

@@ -83,3 +83,18 @@ def test_generate_api(models):
       s.generate(**kw)
   with pytest.raises(ValueError):
     kforcing_jax.load("/nonexistent/workdir")
+
+
+def test_benchmark_report_and_plot(models, tmp_path):
+  from kforcing_jax.evaluation import benchmark
+  s, t, _ = models
+  rep = benchmark.run(s.config, s.params, [2], (1, 4), ar_samplers=("vocab_cdf", "greedy"),
+                      ar_model=(t.config, t.params), teacher=(t.config, t.params), num_tokens=8, prompt_len=3,
+                      repeats=1, progress=False)
+  row = rep["results"]["2"]
+  assert set(row) == {"ar_vocab_cdf", "ar_greedy", "k1", "k4", "verify_k4"}
+  assert all(r["tokens_per_s"] > 0 and r["prefill_s"] > 0 for r in row.values())
+  assert 1.0 <= row["verify_k4"]["tokens_per_pass"] <= 5.0
+  assert rep["speedup"]["2"]["ar_vocab_cdf"] == 1.0
+  benchmark.plot_speedup(rep, str(tmp_path / "s.png"))
+  assert (tmp_path / "s.png").exists() and "| k4 |" in benchmark.markdown_table(rep)

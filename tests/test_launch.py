@@ -132,28 +132,46 @@ def test_dry_run_after_double_dash_is_still_a_dry_run(capsys):
     (["create", *WHERE, "--accelerator_type", "v4-30"], "multiples of 8 TensorCores"),
     (["create", *WHERE, "--accelerator_type", "tpu-32"], "unknown accelerator type"),
     (["create", *WHERE, "--accelerator_type", "v5litepod-12"], "power of two"),
-    (["create", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--", "--config.mesh=[['data',-1],['model',3]]"],
-     "does not divide 16 devices"),
-    (["run", *WHERE, "--accelerator_type", "v5litepod-16", "--config", CFG, "--workdir", "gs://b/x", "--",
+    (["create", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--", "--config.mesh=[['data',-1]]"],
+     "cannot be overridden on the command line"),
+    (["run", *WHERE, "--accelerator_type", "v5litepod-16", "--config", CFG, "--workdir", "gs://bkt/x", "--",
       "--config.batch_size=24"], "not divisible by the data axes"),
-    (["run", *WHERE, "--accelerator_type", "v4-8", "--config", CFG, "--workdir", "gs://b/x", "--",
+    (["run", *WHERE, "--accelerator_type", "v4-8", "--config", CFG, "--workdir", "gs://bkt/x", "--",
       "--config.batch_size=6"], "not divisible by the data axes"),
-    (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "gs://b/x", "--",
+    (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "gs://bkt/x", "--",
       "--config.num_devices=8"], "num_devices=8"),
     (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "gs://Bad_Bucket/x"],
      "valid bucket name"),
     (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "/tmp/run"], "use gs://"),
     (["run", *WHERE, "--accelerator_type", "v4-32", "--config", "experiments/configs/nope.py", "--workdir",
-      "gs://b/x"], "not found"),
-    (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "gs://b/x", "--",
+      "gs://bkt/x"], "not found"),
+    (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "gs://bkt/x", "--",
       "--config.nope=1"], "unknown config key nope"),
-    (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "gs://b/x", "--env", "1X=2"],
+    (["run", *WHERE, "--accelerator_type", "v4-32", "--config", CFG, "--workdir", "gs://bkt/x", "--env", "1X=2"],
      "not KEY=VALUE"),
     (["create", "--name", "Bad_Name", "--zone", "z", "--project", "p", "--accelerator_type", "v4-8"], "--name"),
     (["create", *WHERE, "--accelerator_type", "v4-8", "--num_slices", "2"], "needs --queued"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, msg):
   assert msg in error(capsys, *argv)
+
+
+@pytest.mark.parametrize("mesh, num_slices, msg", [
+    ([["data", -1], ["model", 3]], 1, "does not divide 16 devices"),
+    ([["data", 4]], 1, "needs 4 devices, have 16"),
+    ([["data", -1, 2], ["model", 1, 1]], 1, "spans 2 slices but the job has 1"),
+    ([["data", -1, 2], ["model", 2, 1]], 2, None),  # 2 slices x v4-32: 32 devices, data 16 x model 2
+])
+def test_config_mesh_must_fit_the_slice(capsys, tmp_path, mesh, num_slices, msg):
+  cfg = tmp_path / "cfg.py"
+  cfg.write_text("from kforcing_jax.training import config_lib\n\n\ndef get_config(arg=None):\n"
+                 f"  c = config_lib.base_config()\n  c.mesh = {mesh!r}\n  c.batch_size = 32\n  return c\n")
+  argv = ["run", *WHERE, "--accelerator_type", "v4-32", "--num_slices", str(num_slices), "--config", str(cfg),
+          "--workdir", "gs://bkt/x"]
+  if msg is None:
+    assert len(dry(capsys, *argv)) == num_slices
+  else:
+    assert msg in error(capsys, *argv)
 
 
 def test_unwritable_local_workdir(capsys, tmp_path):
@@ -183,12 +201,43 @@ def test_gpu_ssh_recipe_sets_coordinates():
     assert "-m\\ kforcing_jax.train\\ --config\\ experiments/configs/tiny_cpu.py:stage=ar" in line
 
 
-def test_slurm_recipe_derives_coordinates():
-  with open(os.path.join(REPO, "launch", "gpu_slurm.sbatch")) as f:
-    text = f.read()
-  assert "KFJ_COORDINATOR=" in text and "KFJ_NUM_PROCESSES=\"$SLURM_NTASKS\"" in text
-  assert "KFJ_PROCESS_ID=$SLURM_PROCID" in text and "--kill-on-bad-exit=1" in text
-  assert subprocess.run(["bash", "-n", os.path.join(REPO, "launch", "gpu_slurm.sbatch")], timeout=30).returncode == 0
+def _fake_bin(tmp_path, **scripts):
+  """A bin/ of stand-in executables (bash scripts) to put first on PATH."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(exist_ok=True)
+  for name, body in scripts.items():
+    (bin_dir / name).write_text("#!/bin/bash\n" + body)
+    (bin_dir / name).chmod(0o755)
+  return bin_dir
+
+
+# Stands in for the venv's python: prints the coordinates it was given and its arguments.
+_FAKE_PY = 'echo "$KFJ_COORDINATOR $KFJ_NUM_PROCESSES $KFJ_PROCESS_ID $*"\n'
+
+
+def test_slurm_recipe_gives_each_task_its_coordinates(tmp_path):
+  # srun runs the command once per task with SLURM_PROCID set; scontrol expands the node list.
+  bin_dir = _fake_bin(tmp_path, python=_FAKE_PY, scontrol="printf 'nodeA\\nnodeB\\n'\n",
+                      srun='while [[ "$1" == --* ]]; do shift; done\n'
+                           'for i in 0 1; do SLURM_PROCID=$i "$@" || exit $?; done\n')
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NODELIST="node[A-B]", SLURM_NTASKS="2",
+             SLURM_SUBMIT_DIR=REPO, KFJ_PYTHON=str(bin_dir / "python"))
+  r = subprocess.run(["bash", os.path.join(REPO, "launch", "gpu_slurm.sbatch"), "--config", CFG, "--workdir", "/w"],
+                     capture_output=True, text=True, timeout=30, env=env)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.splitlines() == [f"nodeA:12355 2 {i} -m kforcing_jax.train --config {CFG} --workdir /w"
+                                   for i in (0, 1)]
+
+
+def test_gpu_ssh_recipe_runs_one_process_per_host(tmp_path):
+  # ssh runs the remote command here; every host's output comes back prefixed with its name.
+  bin_dir = _fake_bin(tmp_path, python=_FAKE_PY, ssh='while [[ "$1" == -* ]]; do shift; done\nshift\nbash -c "$*"\n')
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", KFJ_HOSTS="h0 h1", KFJ_PYTHON=str(bin_dir / "python"))
+  r = subprocess.run(["bash", os.path.join(REPO, "launch", "gpu_ssh.sh"), "--config", CFG, "--workdir", "/w"],
+                     capture_output=True, text=True, timeout=30, env=env)
+  assert r.returncode == 0, r.stderr
+  assert sorted(r.stdout.splitlines()) == [f"[h{i}] h0:12355 2 {i} -m kforcing_jax.train --config {CFG} --workdir /w"
+                                           for i in (0, 1)]
 
 
 def test_run_tpu_builds_the_venv_once(tmp_path):
@@ -201,3 +250,12 @@ def test_run_tpu_builds_the_venv_once(tmp_path):
   r = subprocess.run(["bash", os.path.join(REPO, "launch", "run_tpu.sh"), "--setup_only"], capture_output=True,
                      text=True, timeout=30, env=dict(os.environ, KFJ_VENV=str(venv), KFJ_PYTHON="/nonexistent"))
   assert r.returncode == 0 and r.stdout == "", r.stderr
+
+
+def test_gpu_ssh_recipe_fails_when_a_host_fails(tmp_path):
+  bin_dir = _fake_bin(tmp_path, python='[[ "$KFJ_PROCESS_ID" == 1 ]] && exit 3\necho ok\n',
+                      ssh='while [[ "$1" == -* ]]; do shift; done\nshift\nbash -c "$*"\n')
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", KFJ_HOSTS="h0 h1", KFJ_PYTHON=str(bin_dir / "python"))
+  r = subprocess.run(["bash", os.path.join(REPO, "launch", "gpu_ssh.sh"), "--config", CFG, "--workdir", "/w"],
+                     capture_output=True, text=True, timeout=30, env=env)
+  assert r.returncode == 3

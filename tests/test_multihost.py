@@ -316,3 +316,38 @@ def test_missing_peer_is_a_bounded_wait(tmp_path):
   r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=DEAD_PEER_TIMEOUT_S)
   assert r.returncode != 0 and "joined" not in r.stdout
   assert "DEADLINE_EXCEEDED" in r.stderr or "Deadline Exceeded" in r.stderr, r.stderr[-2000:]
+
+
+_HELPERS_SCRIPT = """
+import json, sys
+import numpy as np
+from kforcing_jax.training import distributed, sharding
+spec = distributed.initialize_from_env()
+import jax
+i = jax.process_index()
+mesh = sharding.make_mesh([("data", -1)])
+rows = np.arange(8).reshape(4, 2) + 8 * i                      # process i holds global rows 4i..4i+3
+x = distributed.global_batch({"t": rows}, lambda nd: sharding.batch_sharding(mesh, [("batch", "data")], nd))["t"]
+total = float(jax.jit(lambda a: a.sum(), out_shardings=sharding.replicated(mesh))(x))
+distributed.sync("helpers")
+print(json.dumps({"mode": spec.mode, "main": distributed.is_main_process(), "shape": list(x.shape), "sum": total,
+                  "mean": float(distributed.host_mean({"v": float(i)})["v"])}))
+distributed.shutdown()
+"""
+
+
+def test_distributed_helpers_across_two_processes(tmp_path):
+  procs, logs = _start(["-c", _HELPERS_SCRIPT], 2, 2, str(tmp_path))
+  try:
+    for p, log in zip(procs, logs):
+      assert p.wait(timeout=RUN_TIMEOUT_S) == 0, _tail(log)
+  finally:
+    _kill(procs)
+  outs = []
+  for log in logs:
+    with open(log) as f:
+      outs.append(json.loads([line for line in f if line.startswith("{")][-1]))
+  assert [o["main"] for o in outs] == [True, False]
+  for o in outs:
+    assert o["mode"] == "explicit" and o["shape"] == [8, 2]
+    assert o["sum"] == float(np.arange(16).sum()) and o["mean"] == 0.5

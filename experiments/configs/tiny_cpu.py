@@ -9,7 +9,9 @@ r"""The demo's scale: a 4 x 256 AR teacher on the King James Bible (BPE 4096) an
       --config.teacher_workdir=/tmp/kf/k2
 
 Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, runlocal (a 20-step smoke run).
-Hardware: 2-core AMD EPYC CPU, 24 GiB, no accelerator. Wall-clock: see docs/results.md for the measured numbers.
+Hardware: 2 CPU cores (Intel Xeon), 24 GiB, no accelerator. Measured wall-clock on a SHARED machine (load 4-12, so
+inflated; docs/results.md): ar 600 steps 26 min (about 4 min expected idle at the 360 ms/step of
+environment.md), k=1 80 steps 212 s, k=2 50 steps 288 s, k=4 30 steps 147 s.
 """
 from kforcing_jax.training import config_lib
 
@@ -28,12 +30,12 @@ def get_config(arg=None):
   else:
     # Distillation: shorter, lower peak LR (the student starts from the teacher's weights).
     c.seq_len = 64
-    c.num_steps = {1: 200, 2: 150, 4: 100}.get(a.k, 100)
+    c.num_steps = {1: 80, 2: 50, 4: 30}.get(a.k, 30)
     c.optim.update(lr=5e-4, warmup_steps=20)
   c.log_every = 10
-  c.eval_every = max(c.num_steps // 4, 1)
+  c.eval_every = max(c.num_steps // (4 if a.stage == "ar" else 2), 1)
   c.eval_batches = 4
-  c.checkpoint_every = max(c.num_steps // 2, 1)
+  c.checkpoint_every = c.num_steps // 2 if a.stage == "ar" else c.num_steps
   if a.runlocal:
     c.num_steps, c.eval_every, c.checkpoint_every, c.log_every = 20, 10, 10, 5
     c.optim.warmup_steps = 5

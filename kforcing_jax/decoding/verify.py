@@ -73,7 +73,7 @@ def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, u_Bx
   """Draft-verify iterations as one `lax.while_loop` until every row has num_tokens tokens.
 
   Returns:
-    (int32 tokens [B, num_tokens], int32 teacher passes per row [B] (excluding the prefill)).
+    (int32 tokens [B, num_tokens], int32 teacher passes per row [B] (excluding the prefill), final state).
   """
   student, teacher = KForcingLM(s_cfg), KForcingLM(t_cfg)
   b = state["last"].shape[0]
@@ -98,7 +98,7 @@ def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, u_Bx
             "iters": s["iters"] + active.astype(jnp.int32)}
 
   s = jax.lax.while_loop(lambda s: jnp.any(s["n_acc"] < num_tokens), body, state)
-  return s["out"][:, :num_tokens], s["iters"]
+  return s["out"][:, :num_tokens], s["iters"], s
 
 
 @functools.lru_cache(maxsize=32)
@@ -112,14 +112,14 @@ def decoder(s_cfg: ModelConfig, t_cfg: ModelConfig, k: int, num_tokens: int):
     b, p = prompt_BxP.shape
     u = position_noise(seed, b, noise_length(p, num_tokens, k), row_offset)
     state = prefill(s_cfg, s_params, t_cfg, t_params, prompt_BxP, plen_B, u, temperature, k=k, num_tokens=num_tokens)
-    return loop(s_cfg, s_params, t_cfg, t_params, state, u, temperature, k=k, num_tokens=num_tokens)
+    return loop(s_cfg, s_params, t_cfg, t_params, state, u, temperature, k=k, num_tokens=num_tokens)[:2]
 
   return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=32)
 def phases(s_cfg: ModelConfig, t_cfg: ModelConfig, k: int, num_tokens: int):
-  """Prefill and loop as two jitted functions (the state is donated to the loop), for timing."""
+  """Prefill and loop as two jitted functions (the state is donated to the loop and returned), for timing."""
   def pre(s_params, t_params, prompt_BxP, plen_B, u_BxS, temperature):
     return prefill(s_cfg, s_params, t_cfg, t_params, prompt_BxP, plen_B, u_BxS, temperature, k=k,
                    num_tokens=num_tokens)
