@@ -5,7 +5,6 @@ Runs share trained workdirs through session fixtures (AR teacher -> k=1 -> k=2) 
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 

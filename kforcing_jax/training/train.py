@@ -26,7 +26,6 @@ import functools
 import os
 import time
 
-import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,7 @@ def validate_config(config: ml_collections.ConfigDict):
       raise BadInputError(f"k must be >= 1 for stage pflm, got {config.k}")
     if not config.teacher_workdir:
       raise BadInputError("stage pflm needs --config.teacher_workdir=DIR (a trained AR or push-forward workdir)")
-  for name in ("num_steps", "batch_size", "seq_len"):
+  for name in ("num_steps", "batch_size", "seq_len", "checkpoint_every"):
     if int(config[name]) <= 0:
       raise BadInputError(f"{name} must be > 0, got {config[name]}")
   if int(config.seq_len) > int(config.model.max_len):
@@ -76,9 +75,15 @@ def _mesh(config):
   if int(config.get("num_devices", -1)) > 0:
     devices = devices[: int(config.num_devices)]
   try:
-    return sharding.make_mesh(config.mesh, devices)
+    mesh = sharding.make_mesh(config.mesh, devices)
   except ValueError as e:
     raise BadInputError(str(e)) from e
+  batch_axes = dict(sharding.rules_tuple(config.sharding_rules)).get("batch") or ()
+  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else batch_axes
+  shards = int(np.prod([mesh.shape[a] for a in batch_axes]))
+  if int(config.batch_size) % shards:
+    raise BadInputError(f"batch_size={config.batch_size} does not split over the {shards} batch shards of the mesh")
+  return mesh
 
 
 def _check_workdir(workdir, stage, mcfg, k):
