@@ -78,6 +78,8 @@ class LoadedModel:
       out, passes = fn(self.params, teacher.params, tok, plen, seed, float(temperature), row_offset)
       passes = np.asarray(passes)
     elif k == 0:
+      if freq_penalty:
+        raise ValueError("freq_penalty applies to push-forward decoding only (k >= 1), not to AR sampling")
       out = ar.decoder(self.config, num_tokens)(self.params, tok, plen, seed, float(temperature), row_offset)
     else:
       fn = pflm.decoder(self.config, k, num_tokens, bool(freq_penalty))

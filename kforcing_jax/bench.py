@@ -2,7 +2,8 @@ r"""Decoding throughput: `python -m kforcing_jax.bench [--workdir DIR] [--paper_
 
   python -m kforcing_jax.bench --paper_size --out /tmp/bench           # 12 x 768, V=30522, random weights
   python -m kforcing_jax.bench --workdir /tmp/kf/k4 --teacher_workdir /tmp/kf/ar --out /tmp/bench
-  python -m kforcing_jax.bench --paper_size --quick                     # a seconds-long smoke run
+  python -m kforcing_jax.bench --demo_size --out /tmp/bench             # the demo's 4 x 256, V=4096, random weights
+  python -m kforcing_jax.bench --paper_size --quick                     # a smoke run
 
 Times AR (three samplers), push-forward K in --ks and (with a teacher) verify mode, prefill apart, median of
 --repeats after a warm-up; writes OUT/bench_<name>.json, OUT/speedup_<name>.png and prints a markdown table.
@@ -19,6 +20,7 @@ from kforcing_jax.evaluation import cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "a push-forward checkpoint to benchmark")
 _TEACHER = flags.DEFINE_string("teacher_workdir", None, "its AR teacher (AR lines + verify mode)")
 _PAPER = flags.DEFINE_bool("paper_size", False, "benchmark 12 x 768, vocab 30522 random weights")
+_DEMO = flags.DEFINE_bool("demo_size", False, "benchmark the demo architecture (4 x 256, vocab 4096), random weights")
 _BATCHES = flags.DEFINE_list("batch_sizes", None, "batch sizes (default 1,8,32; paper size 1,8,32)")
 _KS = flags.DEFINE_list("ks", ["1", "2", "3", "4"], "push-forward K values")
 _SAMPLERS = flags.DEFINE_list("ar_samplers", ["vocab_cdf", "icdf", "greedy"], "AR samplers to time")
@@ -33,12 +35,12 @@ _OUT = flags.DEFINE_string("out", None, "output directory for JSON + PNG")
 
 def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None, ks=(1, 2, 3, 4),
           ar_samplers=("vocab_cdf", "icdf", "greedy"), num_tokens=122, prompt_len=6, repeats=3, unroll=1,
-          dtype="float32", quick=False, out=None, progress=True) -> dict:
+          dtype="float32", quick=False, out=None, progress=True, demo_size=False) -> dict:
   """Runs one benchmark sweep and writes its JSON / PNG; returns the report (see `benchmark.run`)."""
   from kforcing_jax.evaluation import benchmark
 
-  if bool(workdir) == bool(paper_size):
-    raise ValueError("give exactly one of --workdir or --paper_size")
+  if bool(workdir) + bool(paper_size) + bool(demo_size) != 1:
+    raise ValueError("give exactly one of --workdir, --paper_size or --demo_size")
   batch_sizes = [int(b) for b in (batch_sizes or ([1, 2] if quick else [1, 8, 32]))]
   if min(batch_sizes) <= 0:
     raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
@@ -46,12 +48,15 @@ def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None
   if quick:
     num_tokens, repeats = min(num_tokens, 12), 1
   teacher = None
-  if paper_size:
+  if paper_size or demo_size:
     cfg = benchmark.paper_size_config(max(ks), dtype)
+    name = "paper_size"
+    if demo_size:
+      cfg, name = cfg.replace(num_layers=4, d_model=256, num_heads=4, mlp_dim=1024, vocab_size=4096), "demo_size"
     if quick:
-      cfg = cfg.replace(num_layers=2, d_model=64, num_heads=2, mlp_dim=128, vocab_size=512)
+      cfg, name = cfg.replace(num_layers=2, d_model=64, num_heads=2, mlp_dim=128, vocab_size=512), name + "_quick"
     params = benchmark.random_params(cfg)
-    name, ar_model = "paper_size" if not quick else "paper_size_quick", None
+    ar_model = None
   else:
     import kforcing_jax
     model = kforcing_jax.load(workdir)
@@ -87,7 +92,7 @@ def main(argv):
   try:
     report = bench(_WORKDIR.value, _TEACHER.value, _PAPER.value, _BATCHES.value, _KS.value, _SAMPLERS.value,
                    _NUM_TOKENS.value, _PROMPT_LEN.value, _REPEATS.value, _UNROLL.value, _DTYPE.value, _QUICK.value,
-                   _OUT.value)
+                   _OUT.value, demo_size=_DEMO.value)
   except (ValueError, OSError) as e:
     cli.fail(e)
   print(benchmark.markdown_table(report))

@@ -20,6 +20,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, tok
 
 def main(argv):
   del argv
+  from kforcing_jax.training import distributed
+  try:  # first, before anything touches a JAX backend; a no-op for a single process (training/distributed.py)
+    distributed.initialize_from_env()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   from kforcing_jax.training import train
   from kforcing_jax.training.checkpoint import CheckpointError
   try:
@@ -31,7 +37,8 @@ def main(argv):
     print(f"error: {e}".splitlines()[0], file=sys.stderr)
     sys.exit(2)
   logging.info("final metrics: %s", result)
-  print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}))
+  if distributed.is_main_process():
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}))
 
 
 def _parse_flags(argv):

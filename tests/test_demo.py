@@ -18,8 +18,10 @@ def test_demo_quick_and_resume(tmp_path):
   with open(os.path.join(out, "summary.json")) as f:
     summary = json.load(f)
   for name in ("teacher", "k2", "k4"):
-    for key in ("gen_ppl", "entropy", "slot_agreement", "tokens_per_s", "speedup"):
-      assert summary[name][key] > 0, (name, key)
+    s = summary[name]
+    # A 20-step smoke run learns little: only ranges are checked, not quality.
+    assert s["gen_ppl"] >= 1 and s["entropy"] >= 0 and 0 <= s["slot_agreement"] <= 1, (name, s)
+    assert s["tokens_per_s"] > 0 and s["speedup"] > 0, (name, s)
   for png in ("speedup.png", "slot_agreement.png"):
     assert os.path.exists(os.path.join(out, png))
   # A rerun resumes: every stage is skipped and the cached evaluation / benchmark are reused.

@@ -108,8 +108,7 @@ def test_single_process_helpers():
 # ---------------------------------------------------------------------------------------------------------------
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TIMEOUT_S = 240  # per run; a healthy run takes ~30-60 s on a busy 2-core machine
-ENTRY = ["-c", "from kforcing_jax.training import distributed; distributed.initialize_from_env(); "
-         "from kforcing_jax import train; train.run()"]  # TODO(scale-out): -m kforcing_jax.train once it initialises
+ENTRY = ["-m", "kforcing_jax.train"]
 DEAD_PEER_TIMEOUT_S = 60  # process 0 must be gone this long after process 1 was killed (heartbeat: 5 s)
 
 
@@ -117,7 +116,9 @@ def _overrides(data_dir, steps=4, **over):
   # A constant learning rate after one warmup step, so that a 4-step run is a prefix of a 6-step run.
   cfg = {"num_steps": steps, "log_every": 1, "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2,
          "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 2, "model.mlp_dim": 64,
-         "model.vocab_size": 384, "data.tokenizer": "bytes", "data.max_bytes": 100_000, "data.data_dir": data_dir,
+         # BPE (trained by every process, saved by process 0) as in real runs, with a small vocabulary.
+         "model.vocab_size": 512, "data.tokenizer": "bpe", "data.vocab_size": 512, "data.max_bytes": 100_000,
+         "data.data_dir": data_dir,
          "seq_len": 16, "batch_size": 8, "optim.warmup_steps": 1, "optim.lr": 0.01, "optim.schedule": "constant",
          "progress_bar": False}
   cfg.update(over)
@@ -174,6 +175,16 @@ def _run(args, num_processes, devices_per_process, log_dir):
     _kill(procs)
 
 
+def _run_with_launcher(workdir, data_dir, steps, log_dir):
+  """2 processes x 2 devices through `launch/tpu.py local`, which kills every process when one fails."""
+  cmd = [sys.executable, "launch/tpu.py", "local", "--num_processes=2", "--devices_per_process=2",
+         "--config=experiments/configs/tiny_cpu.py:stage=ar", f"--workdir={workdir}", f"--log_dir={log_dir}",
+         f"--timeout={RUN_TIMEOUT_S}", "--"] + [f"--config.{k}={v}" for k, v in _overrides(data_dir, steps).items()]
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 0, r.stderr[-1500:] + _tail(os.path.join(log_dir, "process_0.log"))
+
+
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -207,7 +218,7 @@ def _run_and_kill_peer(args, log_dir, workdir):
 def runs(tmp_path_factory):
   """The multi-process runs, once per module, one at a time:
     w1  1 process x 4 devices, 6 steps (checkpoints at 2, 4, 6)
-    w2  2 processes x 2 devices, the same config, 4 steps
+    w2  2 processes x 2 devices, the same config, 4 steps (started by `launch/tpu.py local`)
     w5  a copy of w2 resumed to step 6 by 2 processes (params, optimizer, RNG and both data iterators restored)
     w4  2 processes x 2 devices starting from w1's checkpoint (config.init_workdir), process 1 killed mid-run
   """
@@ -216,7 +227,7 @@ def runs(tmp_path_factory):
   out = {name: str(root / name) for name in ("w1", "w2", "w4", "w5")}
   out["root"] = root
   _run(_trainer_args(out["w1"], data_dir, steps=6), 1, 4, str(root / "logs_w1"))
-  _run(_trainer_args(out["w2"], data_dir, steps=4), 2, 2, str(root / "logs_w2"))
+  _run_with_launcher(out["w2"], data_dir, 4, str(root / "logs_w2"))
   shutil.copytree(out["w2"], out["w5"])
   _run(_trainer_args(out["w5"], data_dir, steps=6), 2, 2, str(root / "logs_w5"))
   args = _trainer_args(out["w4"], data_dir, steps=100_000, init_workdir=out["w1"], eval_every=10**6,
@@ -225,6 +236,7 @@ def runs(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(runs):
   train1, eval1 = _metrics(runs["w1"])
   train2, eval2 = _metrics(runs["w2"])
@@ -237,6 +249,7 @@ def test_two_processes_match_one_process(runs):
     assert sum(1 for line in f if '"split": "train"' in line) == 4
 
 
+@pytest.mark.slow
 def test_two_processes_resume_exactly(runs):
   # Preemption on a pod: all hosts restart from the newest checkpoint and continue as if nothing happened.
   train1, eval1 = _metrics(runs["w1"])
@@ -256,14 +269,18 @@ def _restore_params(workdir, mesh_spec, step):
   return step, out["params"]
 
 
+@pytest.mark.slow
 def test_checkpoint_written_by_two_processes_restores_in_one(runs):
   # This pytest process is one process with 8 devices, laid out (data=4, model=2): a third topology.
   _, p1 = _restore_params(runs["w1"], [("data", -1), ("model", 2)], step=4)
   _, p2 = _restore_params(runs["w2"], [("data", -1), ("model", 2)], step=4)
-  chex.assert_trees_all_close(p2, p1, rtol=1e-5, atol=1e-6)
+  # Not bitwise: the two runs sum gradients in different orders, and Adam turns float noise in near-zero gradients
+  # into differences of up to ~1e-5 (lr = 1e-2 per step); a wrong or misplaced shard would be off by O(lr) or more.
+  chex.assert_trees_all_close(p2, p1, rtol=1e-4, atol=2e-5)
   assert p2["head"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "model")
 
 
+@pytest.mark.slow
 def test_checkpoint_written_by_one_process_restores_in_two(runs):
   # The two processes of w4 started from w1's params: their step-0 eval is w1's final eval, to float precision.
   _, eval1 = _metrics(runs["w1"])
@@ -271,6 +288,7 @@ def test_checkpoint_written_by_one_process_restores_in_two(runs):
   np.testing.assert_allclose(eval4[0], eval1[6], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_dead_peer_makes_the_survivor_exit(runs):
   r = runs["dead_peer"]
   print(f"survivor exited with status {r['rc']} {r['exit_s']:.1f} s after its peer was killed")
@@ -279,6 +297,7 @@ def test_dead_peer_makes_the_survivor_exit(runs):
   assert re.search(r"another task died|stopped sending heartbeats", r["log"]), r["log"][-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, model_parallel, num_slices", [
     ("dp", 1, 1), ("fsdp", 1, 1), ("tp", 2, 1), ("fsdp_tp", 2, 2)])
 def test_trainer_with_each_preset_matches(runs, tmp_path, strategy, model_parallel, num_slices):
@@ -308,6 +327,7 @@ def test_trainer_with_each_preset_matches(runs, tmp_path, strategy, model_parall
   np.testing.assert_allclose(eval_p[4], eval1[4], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_missing_peer_is_a_bounded_wait(tmp_path):
   # Process 0 of 2 whose peer never starts gives up after KFJ_INIT_TIMEOUT instead of waiting forever.
   env = dict(os.environ, KFJ_COORDINATOR=f"127.0.0.1:{portpicker.pick_unused_port()}", KFJ_NUM_PROCESSES="2",
@@ -336,6 +356,7 @@ distributed.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_distributed_helpers_across_two_processes(tmp_path):
   procs, logs = _start(["-c", _HELPERS_SCRIPT], 2, 2, str(tmp_path))
   try:

@@ -40,6 +40,14 @@ def _partial(s, mask, v, spec):
   return jnp.einsum(spec, p.astype(v.dtype), v, preferred_element_type=jnp.float32), m, jnp.sum(p, -1, keepdims=True)
 
 
+def _merge(part1, part2):
+  """Joint softmax of two key blocks from their partial results (log-sum-exp merge)."""
+  (n1, m1, l1), (n2, m2, l2) = part1, part2
+  m = jnp.maximum(m1, m2)
+  a1, a2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
+  return (n1 * a1 + n2 * a2) / (l1 * a1 + l2 * a2)
+
+
 def causal_attention(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD):
   """Plain causal self-attention (the AR forward and the context stream of the staircase).
 
@@ -95,14 +103,11 @@ def staircase_split(qc, kc, vc, qh, kh, vh):
   # hints -> context: query (t, i) sees context keys t' <= t.
   s1 = jnp.einsum("btihd,bshd->bhtis", qh, kc, preferred_element_type=jnp.float32) * scale
   m1 = (jnp.arange(w)[:, None, None] >= jnp.arange(w)[None, None, :])
-  n1, mx1, l1 = _partial(s1, m1, vc, "bhtis,bshd->bhtid")
+  part1 = _partial(s1, m1, vc, "bhtis,bshd->bhtid")
   # hints -> own window: (t, i) sees (t, j <= i).
   s2 = jnp.einsum("btihd,btjhd->bhtij", qh, kh, preferred_element_type=jnp.float32) * scale
   m2 = jnp.tril(jnp.ones((k, k), bool))
-  n2, mx2, l2 = _partial(s2, m2, vh, "bhtij,btjhd->bhtid")
-  mx = jnp.maximum(mx1, mx2)
-  a1, a2 = jnp.exp(mx1 - mx), jnp.exp(mx2 - mx)
-  oh = (n1 * a1 + n2 * a2) / (l1 * a1 + l2 * a2)
+  oh = _merge(part1, _partial(s2, m2, vh, "bhtij,btjhd->bhtid"))
   return oc, jnp.transpose(oh, (0, 2, 3, 1, 4))
 
 
@@ -156,15 +161,14 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
     return decode_kernel.decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx, kh, vh)
   s_len = k_cache.shape[1]
   slot = jnp.arange(s_len)[None, None, :]
-  mask_c = (slot <= qpos_BxQ[:, :, None]) & (slot < kv_len_B[:, None, None])
-  s = _scores(q_BxQxHxD, k_cache)
-  mask = mask_c[:, None]
-  v = v_cache
-  if kh is not None:
-    nq, nh = q_BxQxHxD.shape[1], kh.shape[1]
-    r = jnp.arange(nq)[:, None] - n_ctx
-    mask_h = (r >= 0) & (r >= jnp.arange(nh)[None, :])
-    s = jnp.concatenate([s, _scores(q_BxQxHxD, kh)], -1)
-    mask = jnp.concatenate([mask, jnp.broadcast_to(mask_h, mask.shape[:2] + mask_h.shape)], -1)
-    v = jnp.concatenate([v_cache, vh.astype(v_cache.dtype)], 1)
-  return _softmax_attend(s, mask, v)
+  mask_c = ((slot <= qpos_BxQ[:, :, None]) & (slot < kv_len_B[:, None, None]))[:, None]
+  if kh is None:
+    return _softmax_attend(_scores(q_BxQxHxD, k_cache), mask_c, v_cache)
+  # Cache and transient hints are scored separately and merged by log-sum-exp, so the cache is never
+  # concatenated with (copied next to) the hints.
+  nq, nh = q_BxQxHxD.shape[1], kh.shape[1]
+  r = jnp.arange(nq)[:, None] - n_ctx
+  mask_h = (r >= 0) & (r >= jnp.arange(nh)[None, :])
+  o = _merge(_partial(_scores(q_BxQxHxD, k_cache), mask_c, v_cache, "bhqs,bshd->bhqd"),
+             _partial(_scores(q_BxQxHxD, kh), mask_h, vh.astype(v_cache.dtype), "bhqs,bshd->bhqd"))
+  return jnp.transpose(o, (0, 2, 1, 3))

@@ -29,7 +29,8 @@ def tokenizer_for_run(config, workdir: str, source_workdir: Optional[str], resum
   if source_workdir:
     tok = tokenizers.load_tokenizer(source_workdir)
   else:
-    tok = tokenizers.build_tokenizer(config.data, workdir)
+    # Multi-host: every process builds the same (deterministic) tokenizer; only process 0 writes it.
+    tok = tokenizers.build_tokenizer(config.data, workdir, save=jax.process_index() == 0)
   if jax.process_index() == 0:
     tok.save(workdir)
   return tok
