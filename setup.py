@@ -28,7 +28,7 @@ EXTRAS = {
     "notebooks": ["nbclient>=0.11", "nbconvert>=7.17", "ipykernel>=7.4", "nbformat>=5.10"],
     "tf": ["tensorflow-cpu>=2.21"],
     "convert": ["torch>=2.13"],
-    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11", "gcsfs>=2024.2"],  # gcsfs: gs:// workdirs through etils.epath
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
 }
 

@@ -8,11 +8,11 @@ Items (a Composite checkpoint; any subset may be saved, `params` and `meta` alwa
 A restore that fails on the newest step (a corrupt or half-written checkpoint) falls back to the previous step
 with a warning; nothing is ever deleted here except by orbax's own keep-N policy after a successful save.
 """
-import os
 from typing import Any, Optional, Sequence
 
 import jax
 from absl import logging
+from etils import epath
 import orbax.checkpoint as ocp
 
 
@@ -20,8 +20,13 @@ class CheckpointError(ValueError):
   """No usable checkpoint in a workdir."""
 
 
+def exists(path: str) -> bool:
+  """Whether a directory exists, local or on an object store (epath; gs:// needs gcsfs, the `tpu` extra)."""
+  return epath.Path(path).is_dir()
+
+
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.fspath(workdir), "checkpoints")
+  return str(epath.Path(workdir) / "checkpoints")
 
 
 def manager(workdir: str, max_to_keep: Optional[int] = 3, async_save: bool = True,
@@ -69,7 +74,7 @@ def restore(workdir: str, step: Optional[int] = None, abstract_params=None, abst
     CheckpointError: no checkpoint, or none readable.
   """
   ckdir = checkpoint_dir(workdir)
-  if not os.path.isdir(ckdir) and not str(ckdir).startswith("gs://"):
+  if not exists(ckdir):
     raise CheckpointError(f"no checkpoint in {workdir} (missing {ckdir})")
   mngr = manager(workdir, max_to_keep=None, async_save=False, create=False)
   steps = sorted(mngr.all_steps(), reverse=True)

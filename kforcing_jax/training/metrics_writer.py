@@ -34,6 +34,14 @@ class MetricsWriter:
     self._tb = self._jsonl = self._bar = None
     if not self.enabled:
       return
+    if "://" in str(workdir):
+      # Event files and the JSONL are appended to, which object stores (gs://) do not support: keep them on the
+      # host and say where; checkpoints still go to the workdir.
+      local = os.path.join(os.environ.get("KFJ_LOCAL_LOGDIR", "/tmp/kforcing_jax_logs"),
+                           str(workdir).split("://", 1)[1].strip("/").replace("/", "_"))
+      logging.warning("metrics of %s are written to %s (appends are not supported on %s)", workdir, local,
+                      str(workdir).split("://")[0])
+      workdir = local
     os.makedirs(workdir, exist_ok=True)
     try:
       from tensorboardX import SummaryWriter

@@ -23,7 +23,6 @@ Checkpoints are written every `config.checkpoint_every` steps and at the end, on
 loss stops the run with its step number and leaves the last good checkpoint in place.
 """
 import functools
-import os
 import time
 
 import grain
@@ -88,7 +87,7 @@ def _mesh(config):
 
 def _check_workdir(workdir, stage, mcfg, k):
   """Returns the meta of WORKDIR's checkpoint if it belongs to this run, None if there is none."""
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+  if not checkpoint.exists(checkpoint.checkpoint_dir(workdir)):
     return None
   try:
     step, meta = checkpoint.read_meta(workdir)
@@ -192,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh, rules = _mesh(config), sharding.rules_tuple(config.sharding_rules)
   resume_meta = _check_workdir(workdir, stage, mcfg, k)
   source = config.teacher_workdir if stage == "pflm" else (config.init_workdir or None)
-  if source and not os.path.isdir(checkpoint.checkpoint_dir(source)):
+  if source and not checkpoint.exists(checkpoint.checkpoint_dir(source)):
     raise BadInputError(f"{'teacher_workdir' if stage == 'pflm' else 'init_workdir'} {source} has no "
                         "checkpoints/ (train it first)")
   if stage == "pflm":
