@@ -244,3 +244,16 @@ def test_bad_inputs(pflm):
   ar = KForcingLM(model.cfg.replace(k_max=0))
   with pytest.raises(ValueError, match="AR model"):
     ar.apply(params, _tokens(1, 4), jnp.zeros((1, 4, 1)), jnp.ones((1,)), method=ar.staircase)
+
+
+def test_checkpoint_relative_workdir_round_trip(pflm, tmp_path, monkeypatch):
+  from kforcing_jax.training import checkpoint
+  model, params = pflm
+  monkeypatch.chdir(tmp_path)
+  mngr = checkpoint.manager("relative_run")
+  checkpoint.save(mngr, 3, params["params"], {"model": model.cfg.to_dict()})
+  mngr.wait_until_finished()
+  mngr.close()
+  step, out = checkpoint.restore("relative_run")
+  assert step == 3 and out["meta"]["model"]["k_max"] == model.cfg.k_max
+  np.testing.assert_array_equal(out["params"]["embed"]["embedding"], params["params"]["embed"]["embedding"])

@@ -10,6 +10,8 @@ with a warning; nothing is ever deleted here except by orbax's own keep-N policy
 """
 from typing import Any, Optional, Sequence
 
+import os
+
 import jax
 from absl import logging
 from etils import epath
@@ -26,6 +28,10 @@ def exists(path: str) -> bool:
 
 
 def checkpoint_dir(workdir: str) -> str:
+  # orbax wants absolute paths; a relative local workdir (e.g. the demo's default ./demo_out) is resolved here.
+  workdir = str(workdir)
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)
   return str(epath.Path(workdir) / "checkpoints")
 
 
