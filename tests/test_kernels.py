@@ -94,7 +94,7 @@ def test_kernels_under_mesh_run_per_shard():
 
 def _decode_inputs(b, s, h, d, n_ctx, k, kv_len, seed=0):
   keys = jax.random.split(jax.random.key(seed), 5)
-  caches = [jax.random.normal(keys[i], (b, s, h, d)) for i in range(2)]
+  caches = [jax.random.normal(keys[i], (b, h, s, d)) for i in range(2)]
   q = jax.random.normal(keys[2], (b, n_ctx + k, h, d))
   # Rows start at different offsets, so some context queries sit past kv_len (padding of a ragged batch).
   start = kv_len - n_ctx + jnp.arange(b) % 2
@@ -194,7 +194,7 @@ def test_kernels_lower_for_accelerators(monkeypatch, platform):
   stair = _specs(ctx, ctx, ctx, hint, hint, hint, dtype=jnp.bfloat16)
   attend = lambda *a: staircase.staircase_attention(*a, block_q=32, block_k=16)
   fwd_bwd = jax.value_and_grad(lambda *a: sum(jnp.sum(o) for o in attend(*a)), argnums=tuple(range(6)))
-  q, cache, kh = _specs((2, 8, 2, 64), (2, 64, 2, 64), (2, 4, 2, 64), dtype=jnp.bfloat16)
+  q, cache, kh = _specs((2, 8, 2, 64), (2, 2, 64, 64), (2, 4, 2, 64), dtype=jnp.bfloat16)
   ints = [jax.ShapeDtypeStruct((2, 8), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32)]
   dec = lambda q, pos, kc, vc, kv_len, kh, vh: decode.decode_attention(q, pos, kc, vc, kv_len, 4, kh, vh)
   export_for = functools.partial(jax.export.export, platforms=[platform], disabled_checks=[
@@ -226,10 +226,10 @@ def test_bad_inputs_raise(monkeypatch):
   _raises(attend, _specs((1, 4, 2, 8), ctx, ctx, hint, hint, hint), "context q/k/v", block_q=8, block_k=8)
   mixed = stair[:3] + _specs(hint, dtype=jnp.bfloat16) + stair[4:]
   _raises(attend, mixed, "float32 or all bfloat16", block_q=8, block_k=8)
-  q, cache, kh = (2, 4, 2, 8), (2, 16, 2, 8), (2, 2, 2, 8)
+  q, cache, kh = (2, 4, 2, 8), (2, 2, 16, 8), (2, 2, 2, 8)
   pos_len = [jax.ShapeDtypeStruct((2, 4), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32)]
   dec = lambda q, pos, kc, vc, kv_len, kh, vh, n_ctx=2: decode.decode_attention(q, pos, kc, vc, kv_len, n_ctx, kh, vh)
-  _raises(dec, _specs(q, (2, 44, 2, 8))[:1] + pos_len[:1] + _specs((2, 44, 2, 8), (2, 44, 2, 8)) + pos_len[1:]
+  _raises(dec, _specs(q, (2, 2, 44, 8))[:1] + pos_len[:1] + _specs((2, 2, 44, 8), (2, 2, 44, 8)) + pos_len[1:]
           + _specs(kh, kh), "multiple of 8")
   good = _specs(q)[:1] + pos_len[:1] + _specs(cache, cache) + pos_len[1:] + _specs(kh, kh)
   _raises(dec, good, "n_ctx=3", n_ctx=3)

@@ -9,9 +9,9 @@ r"""The demo's scale: a 4 x 256 AR teacher on the King James Bible (BPE 4096) an
       --config.teacher_workdir=/tmp/kf/k2
 
 Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, runlocal (a 20-step smoke run).
-Hardware: 2 CPU cores (Intel Xeon), 24 GiB, no accelerator. Measured wall-clock on a SHARED machine (load 4-12, so
-inflated; docs/results.md): ar 600 steps 26 min (about 4 min expected idle at the 360 ms/step of
-environment.md), k=1 80 steps 212 s, k=2 50 steps 288 s, k=4 30 steps 147 s.
+Hardware: 2 CPU cores (Intel Xeon), 24 GiB, no accelerator. Measured wall-clock on the idle machine, compile, evals
+and checkpoints included (docs/results.md): ar 0.72 s/step (600 steps took 433 s; the demo runs 450), k=1 80 steps
+129 s, k=2 50 steps 77 s, k=4 30 steps 70 s.
 """
 from kforcing_jax.training import config_lib
 
@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.seq_len = 128
   c.batch_size = 16
   if a.stage == "ar":
-    c.num_steps = 600
+    c.num_steps = 450
     c.optim.update(lr=2e-3, warmup_steps=50)
   else:
     # Distillation: shorter, lower peak LR (the student starts from the teacher's weights).

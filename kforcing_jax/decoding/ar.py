@@ -1,4 +1,5 @@
-"""Autoregressive decoding with a preallocated KV cache: prefill, then `lax.scan` over one-token steps.
+"""Autoregressive decoding with a preallocated KV cache: prefill, then `lax.scan` over one-token steps (the cache is
+grown between segments of the loop, `common.scan_growing_cache`).
 
 Samplers (all read the noise u_j of the token's absolute position j, see `common`):
   "icdf"       the project's inverse CDF (vocabulary sorted by probability; `distill.inverse_cdf.sample`). This is
@@ -13,7 +14,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import gather_positions, position_noise
+from kforcing_jax.decoding.common import (cache_slots, gather_positions, loop_cache_slots, position_noise,
+                                          scan_growing_cache)
 from kforcing_jax.distill import inverse_cdf
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
@@ -44,8 +46,8 @@ def sample_token(logits_BxV, u_B, temperature, sampler: str = "icdf"):
 
 
 def cache_size(prompt_width: int, num_tokens: int) -> int:
-  """Slots needed: the (padded) prompt, then one slot per fed-back token."""
-  return prompt_width + num_tokens
+  """Slots needed in the end: the (padded) prompt, then one slot per fed-back token (rounded up)."""
+  return cache_slots(prompt_width + num_tokens)
 
 
 def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, *, num_tokens: int,
@@ -66,7 +68,7 @@ def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, *,
   """
   model = KForcingLM(cfg)
   b, p = prompt_BxP.shape
-  cache = init_cache(cfg, b, cache_size(p, num_tokens))
+  cache = init_cache(cfg, b, loop_cache_slots(p, 1, num_tokens - 1))  # `steps` grows it as the loop needs
   logits, _, cache = model.apply({"params": params}, prompt_BxP, plen_B, cache, ctx_logits="last",
                                  method=model.decode)
   tok = sample_token(logits, gather_positions(u_BxS, plen_B[:, None])[:, 0], temperature, sampler)
@@ -79,7 +81,7 @@ def steps(cfg: ModelConfig, params, cache, tok_B, u_BxS, temperature, *, num_tok
 
   Args:
     cfg, params: the model.
-    cache: from `prefill` (donate it when jitting).
+    cache: from `prefill`.
     tok_B: the first new token of each row.
     u_BxS, temperature, sampler: as in `prefill`.
     num_tokens: total new tokens per row.
@@ -91,15 +93,16 @@ def steps(cfg: ModelConfig, params, cache, tok_B, u_BxS, temperature, *, num_tok
   ones = jnp.ones_like(tok_B)
 
   def step(carry, _):
-    cache, tok = carry
-    logits, _, cache = model.apply({"params": params}, tok[:, None], ones, cache, ctx_logits="last",
-                                   method=model.decode)
+    logits, _, cache = model.apply({"params": params}, carry["tok"][:, None], ones, carry["cache"],
+                                   ctx_logits="last", method=model.decode)
     # After writing the token at position len-1, the logits predict position len.
     nxt = sample_token(logits, gather_positions(u_BxS, cache["len"][:, None])[:, 0], temperature, sampler)
-    return (cache, nxt), nxt
+    return {"cache": cache, "tok": nxt}, nxt
 
-  (cache, _), rest = jax.lax.scan(step, (cache, tok_B), None, length=num_tokens - 1, unroll=unroll)
-  return jnp.concatenate([tok_B[:, None], rest.T], 1), cache
+  out, rest = scan_growing_cache(step, {"cache": cache, "tok": tok_B}, num_tokens - 1, 1, unroll)
+  if rest is None:
+    return tok_B[:, None], out["cache"]
+  return jnp.concatenate([tok_B[:, None], rest.T], 1), out["cache"]
 
 
 def noise_length(prompt_width: int, num_tokens: int) -> int:
@@ -130,13 +133,16 @@ def decoder(cfg: ModelConfig, num_tokens: int, sampler: str = "icdf", unroll: in
 
 @functools.lru_cache(maxsize=64)
 def phases(cfg: ModelConfig, num_tokens: int, sampler: str = "icdf", unroll: int = 1):
-  """The decoder as two jitted phases (for timing prefill apart from the step loop; the cache is donated).
+  """The decoder as two jitted phases (for timing prefill apart from the step loop).
+
+  The loop grows the cache (`common.scan_growing_cache`), so its output cache cannot alias the prefill cache and
+  nothing is donated: the first scan copies the small prefill cache into its loop buffer once, and from there the
+  cache is updated in place.
 
   Returns:
     (prefill_fn(params, prompt, plen, u, temperature) -> (cache, tok),
      steps_fn(params, cache, tok, u, temperature) -> (tokens, cache)).
   """
   pre = jax.jit(functools.partial(prefill, cfg, num_tokens=num_tokens, sampler=sampler))
-  run = jax.jit(functools.partial(steps, cfg, num_tokens=num_tokens, sampler=sampler, unroll=unroll),
-                donate_argnums=(1,))
+  run = jax.jit(functools.partial(steps, cfg, num_tokens=num_tokens, sampler=sampler, unroll=unroll))
   return pre, run

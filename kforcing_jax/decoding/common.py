@@ -6,7 +6,7 @@ step that predicts position j reads u_j. So AR, push-forward and verify runs wit
 whatever the batch size, prompt padding or K.
 """
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,76 @@ def position_noise(seed, batch: int, length: int, row_offset=0) -> jax.Array:
 def gather_positions(u_BxS, pos_BxN):
   """u at per-row absolute positions (clipped into the buffer)."""
   return jnp.take_along_axis(u_BxS, jnp.clip(pos_BxN, 0, u_BxS.shape[1] - 1), 1)
+
+
+SLOT_MULTIPLE = 16   # cache lengths stay multiples of this (the Pallas decode kernel's tile height on GPU)
+SEGMENTS = 4         # a step loop runs as this many scans, each over a cache just long enough for it
+
+
+def cache_slots(needed: int) -> int:
+  """Cache length for `needed` slots, rounded up to SLOT_MULTIPLE."""
+  return int(math.ceil(needed / SLOT_MULTIPLE) * SLOT_MULTIPLE)
+
+
+def grow_cache(cache, size: int):
+  """The cache with its slot axis zero-padded to `size` (no-op when already that long)."""
+  pad = size - cache["k"][0].shape[2]
+  if pad <= 0:
+    return cache
+  grow = lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  return {"k": [grow(c) for c in cache["k"]], "v": [grow(c) for c in cache["v"]], "len": cache["len"]}
+
+
+def _segment_bounds(length: int, segments: int):
+  return sorted({round(i * length / max(segments, 1)) for i in range(segments + 1)})
+
+
+def loop_cache_slots(prompt_width: int, per_step: int, length: int, segments: int = SEGMENTS) -> int:
+  """Slots of the cache `prefill` allocates: enough for the prompt and the first segment of the step loop.
+
+  Args:
+    prompt_width: the padded prompt width (rows hold at most this many tokens after prefill).
+    per_step: tokens each loop step writes per row.
+    length: number of loop steps.
+    segments: see `scan_growing_cache`.
+  Returns:
+    A multiple of SLOT_MULTIPLE.
+  """
+  first = _segment_bounds(length, segments)[1] if length > 0 else 0
+  return cache_slots(prompt_width + per_step * first)
+
+
+def scan_growing_cache(step: Callable, carry: dict, length: int, per_step: int, unroll: int = 1,
+                       segments: int = SEGMENTS):
+  """`lax.scan(step, carry, None, length)` with the KV cache grown in segments instead of preallocated in full.
+
+  Attention reads the whole cache array on every step (XLA cannot slice it to the valid length), and at batch 32
+  that read is a sixth of a paper-size step. So the loop runs as `segments` scans; before each, carry["cache"] is
+  zero-padded to the slots its last step needs. Padded slots are never valid, so the result equals one scan over
+  the full cache. The incoming cache (from `prefill`, sized by `loop_cache_slots`) already fits the first segment;
+  each later segment costs one cache copy and one compiled scan body.
+
+  Args:
+    step: scan body (carry, None) -> (carry, y); carry["cache"] is a cache from `init_cache`.
+    carry: initial carry.
+    length: number of steps.
+    per_step: tokens each step writes per row.
+    unroll: `lax.scan` unroll factor.
+    segments: number of scans.
+  Returns:
+    (final carry, stacked per-step outputs [length, ...], or None when length is 0).
+  """
+  bounds = _segment_bounds(length, segments)
+  if length <= 0:
+    return carry, None
+  # The incoming cache covers the prompt plus the first segment, which bounds the prompt width from above.
+  base = carry["cache"]["k"][0].shape[2] - per_step * bounds[1]
+  ys = []
+  for j0, j1 in zip(bounds[:-1], bounds[1:]):
+    carry = {**carry, "cache": grow_cache(carry["cache"], cache_slots(base + per_step * j1))}
+    carry, y = jax.lax.scan(step, carry, None, length=j1 - j0, unroll=unroll)
+    ys.append(y)
+  return carry, jax.tree.map(lambda *a: jnp.concatenate(a, 0), *ys)
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8):

@@ -1,4 +1,5 @@
-"""Push-forward decoding: K tokens per model call, prefill then `lax.scan` over steps with a preallocated cache.
+"""Push-forward decoding: K tokens per model call, prefill then `lax.scan` over steps with a preallocated cache
+(grown between segments of the loop, `common.scan_growing_cache`).
 
 Each step feeds the K tokens emitted by the previous step as ordinary context tokens plus K fresh hints (2K
 queries; the first step feeds the prompt instead). Hint i of a step predicts the token at absolute position j and
@@ -13,7 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import gather_positions, position_noise, readout
+from kforcing_jax.decoding.common import (cache_slots, gather_positions, loop_cache_slots, position_noise, readout,
+                                          scan_growing_cache)
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
 
@@ -23,8 +25,8 @@ def num_steps(num_tokens: int, k: int) -> int:
 
 
 def cache_size(prompt_width: int, num_tokens: int, k: int) -> int:
-  """Slots: the padded prompt plus every fed-back block (the last block is never fed)."""
-  return prompt_width + num_steps(num_tokens, k) * k
+  """Slots needed in the end: the padded prompt plus every fed-back block (the last is never fed), rounded up."""
+  return cache_slots(prompt_width + num_steps(num_tokens, k) * k)
 
 
 def noise_length(prompt_width: int, num_tokens: int, k: int) -> int:
@@ -60,7 +62,8 @@ def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, fr
   """
   model = KForcingLM(cfg)
   b, p = prompt_BxP.shape
-  cache = init_cache(cfg, b, cache_size(p, num_tokens, k))
+  # `steps` grows the cache as the loop needs.
+  cache = init_cache(cfg, b, loop_cache_slots(p, k, num_steps(num_tokens, k) - 1))
   tau = jnp.full((b,), temperature, jnp.float32)
   counts = jnp.zeros((b, cfg.vocab_size), jnp.float32) if penalize else None
   y, counts, cache = _step(model, params, prompt_BxP, plen_B, cache, u_BxS, tau, counts, freq_penalty, k)
@@ -69,11 +72,11 @@ def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, fr
 
 def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0, *, k: int, num_tokens: int,
           unroll: int = 1):
-  """The remaining ceil(num_tokens / K) - 1 steps as one `lax.scan`.
+  """The remaining ceil(num_tokens / K) - 1 steps as `lax.scan`s over a growing cache (`scan_growing_cache`).
 
   Args:
     cfg, params: the model.
-    state: from `prefill` (donate it when jitting).
+    state: from `prefill`.
     u_BxS, temperature, freq_penalty: as in `prefill`.
     k: tokens per step.
     num_tokens: new tokens per row; the output is cut to this length.
@@ -91,7 +94,9 @@ def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0,
                              freq_penalty, k)
     return {"cache": cache, "y": y, "counts": counts}, y
 
-  state_out, ys = jax.lax.scan(step, state, None, length=num_steps(num_tokens, k) - 1, unroll=unroll)
+  state_out, ys = scan_growing_cache(step, state, num_steps(num_tokens, k) - 1, k, unroll)
+  if ys is None:
+    return state["y"][:, :num_tokens], state_out
   ys = jnp.transpose(ys, (1, 0, 2)).reshape(b, -1)
   return jnp.concatenate([state["y"], ys], 1)[:, :num_tokens], state_out
 
@@ -115,12 +120,12 @@ def decoder(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, u
 
 @functools.lru_cache(maxsize=64)
 def phases(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, unroll: int = 1):
-  """Prefill and step loop as two jitted functions (the state, cache included, is donated to the loop).
+  """Prefill and step loop as two jitted functions (nothing donated: the loop grows the cache, see `ar.phases`).
 
   Returns:
     (prefill_fn(params, prompt, plen, u, temperature, freq_penalty) -> state,
      steps_fn(params, state, u, temperature, freq_penalty) -> (tokens, state)).
   """
   pre = jax.jit(functools.partial(prefill, cfg, k=k, num_tokens=num_tokens, penalize=penalize))
-  run = jax.jit(functools.partial(steps, cfg, k=k, num_tokens=num_tokens, unroll=unroll), donate_argnums=(1,))
+  run = jax.jit(functools.partial(steps, cfg, k=k, num_tokens=num_tokens, unroll=unroll))
   return pre, run

@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import gather_positions, position_noise, readout
+from kforcing_jax.decoding.common import cache_slots, gather_positions, position_noise, readout
 from kforcing_jax.distill import inverse_cdf
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
@@ -25,7 +25,7 @@ from kforcing_jax.models.transformer import KForcingLM, init_cache
 
 def cache_size(prompt_width: int, num_tokens: int, k: int) -> int:
   # A row stops with at most num_tokens + K accepted; its frozen teacher pass still writes K+1 slots.
-  return prompt_width + num_tokens + 2 * k + 2
+  return cache_slots(prompt_width + num_tokens + 2 * k + 2)
 
 
 def noise_length(prompt_width: int, num_tokens: int, k: int) -> int:

@@ -54,12 +54,14 @@ def per_batch_and_head_shard(fn, ranks, out_ranks):
 
   A `pallas_call` is opaque to XLA's partitioner, which would otherwise gather its operands and run the whole
   batch on every device. Our kernels are independent per (batch row, head), so running them per shard is exact.
-  Arguments are laid out [B, ..., H, D] (batch first, heads second to last); axes other than batch and heads are
-  never split here, whatever the logical rules say. Scalars-per-row arguments (rank 1 or 2) are split on batch only.
+  Arguments are laid out [B, ..., H, D] (batch first, heads second to last) unless their entry in `ranks` names
+  the heads axis; axes other than batch and heads are never split here, whatever the logical rules say.
+  Scalars-per-row arguments (rank 1 or 2) are split on batch only.
 
   Args:
     fn: the kernel wrapper, positional array arguments (None allowed).
-    ranks: rank of each positional argument (0 for a None argument).
+    ranks: rank of each positional argument (0 for a None argument), or (rank, heads axis) for an argument whose
+      heads axis is not the second to last (the heads-major KV cache [B, H, S, D] is (4, 1)).
     out_ranks: ranks of the outputs (a tuple; a single output if an int).
   Returns:
     `fn` itself when no mesh (or a one-device mesh) is active, else its shard_map.
@@ -72,19 +74,21 @@ def per_batch_and_head_shard(fn, ranks, out_ranks):
   batch_axes, head_axes = nn.logical_to_mesh_axes(("batch", "heads"))
 
   def spec(rank):
+    rank, head = rank if isinstance(rank, tuple) else (rank, rank - 2)
     if rank == 0:
       return None
     if rank <= 2:
       return P(batch_axes, *([None] * (rank - 1)))
-    return P(batch_axes, *([None] * (rank - 3)), head_axes, None)
+    return P(*[batch_axes if i == 0 else head_axes if i == head else None for i in range(rank)])
 
   def axis_size(axes):
     axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
     return int(np.prod([mesh.shape[a] for a in axes]))
 
   def wrapped(*args):
-    for a in args:
-      if a is not None and a.ndim >= 3 and (a.shape[0] % axis_size(batch_axes) or a.shape[-2] % axis_size(head_axes)):
+    for a, r in zip(args, ranks):
+      head = r[1] if isinstance(r, tuple) else -2
+      if a is not None and a.ndim >= 3 and (a.shape[0] % axis_size(batch_axes) or a.shape[head] % axis_size(head_axes)):
         raise ValueError(f"pallas kernels shard batch over {batch_axes} and heads over {head_axes}; shape {a.shape} "
                          f"does not divide mesh {dict(mesh.shape)}")
     outs = out_ranks if isinstance(out_ranks, tuple) else (out_ranks,)

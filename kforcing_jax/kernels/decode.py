@@ -12,7 +12,7 @@ The queries and hints are padded to a tile height the backend accepts (8 rows, 1
 discarded, padded hint keys masked.
 
 Backends as in `kernels.backend` (only interpret mode has been run). The cache is read in its model layout
-[B, S, H, D] with a head index inside the tile load, so no per-step transpose of the cache is needed. The row's
+[B, H, S, D], so each (head, tile) load is one contiguous [block_k, D] slab and no transpose is needed. The row's
 cache is one BlockSpec block: on GPU that is a pointer and only the visited tiles are read; on TPU the pipeline
 copies the whole row into VMEM, so there the skip saves compute but not HBM reads (a manual-DMA version with
 memory_space=pl.ANY would fix that) and S * H * D per row must fit VMEM.
@@ -66,9 +66,9 @@ def _decode_kernel(kv_len_ref, q_ref, qpos_ref, kc_ref, vc_ref, *refs, n_ctx, n_
 
     def step(j, carry, masked, h=h, q=q):
       start = pl.multiple_of(j * bk, bk)
-      s = _dot_nt(q, kc_ref[pl.ds(start, bk), h, :]) * scale
+      s = _dot_nt(q, kc_ref[h, pl.ds(start, bk), :]) * scale
       mask = (start + lax.broadcasted_iota(jnp.int32, (1, bk), 1) < limit) if masked else jnp.ones(s.shape, bool)
-      return _update(carry, s, mask, vc_ref[pl.ds(start, bk), h, :])
+      return _update(carry, s, mask, vc_ref[h, pl.ds(start, bk), :])
 
     carry = (jnp.zeros(q.shape, jnp.float32), jnp.full((qp, 1), _MASKED, jnp.float32), jnp.zeros((qp, 1), jnp.float32))
     carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), carry)
@@ -93,10 +93,10 @@ def _cache_block(s_len, least):
 
 def _validate(q, qpos, k_cache, v_cache, kv_len, n_ctx, kh, vh, be):
   if q.ndim != 4 or k_cache.ndim != 4 or k_cache.shape != v_cache.shape:
-    raise ValueError(f"expected q [B, Q, H, D] and equal caches [B, S, H, D], got {q.shape}, {k_cache.shape}, "
+    raise ValueError(f"expected q [B, Q, H, D] and equal caches [B, H, S, D], got {q.shape}, {k_cache.shape}, "
                      f"{v_cache.shape}")
   b, nq, h, d = q.shape
-  if k_cache.shape[0] != b or k_cache.shape[2:] != (h, d):
+  if k_cache.shape[0] != b or (k_cache.shape[1], k_cache.shape[3]) != (h, d):
     raise ValueError(f"cache {k_cache.shape} does not match queries {q.shape}")
   if qpos.shape != (b, nq) or kv_len.shape != (b,):
     raise ValueError(f"qpos must be [B, Q] = {(b, nq)} and kv_len [B] = {(b,)}, got {qpos.shape}, {kv_len.shape}")
@@ -109,7 +109,7 @@ def _validate(q, qpos, k_cache, v_cache, kv_len, n_ctx, kh, vh, be):
     raise ValueError(f"Q={nq} queries must be n_ctx={n_ctx} context queries + {n_hints} hints")
   if d % 8 or (be == "gpu" and d & (d - 1)):
     raise ValueError(f"head_dim={d} must be a multiple of 8 (a power of two on GPU)")
-  return _cache_block(k_cache.shape[1], backend.row_multiple(be)), n_hints
+  return _cache_block(k_cache.shape[2], backend.row_multiple(be)), n_hints
 
 
 def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int, kh=None, vh=None):
@@ -120,7 +120,7 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
   Args:
     q_BxQxHxD: queries [context tokens | hints], Q = n_ctx + K.
     qpos_BxQ: absolute positions of the queries (context rows use them for causality).
-    k_cache, v_cache: [B, S, H, D] caches already holding this step's context keys; S a multiple of 8 (16 on GPU).
+    k_cache, v_cache: [B, H, S, D] caches already holding this step's context keys; S a multiple of 8 (16 on GPU).
     kv_len_B: valid slots per row (>= 1), after this step's writes.
     n_ctx: number of leading context queries (static).
     kh, vh: hint keys/values [B, K, H, D], or None for the AR step.
@@ -132,7 +132,7 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
   be = backend.current()
   bk, n_hints = _validate(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx, kh, vh, be)
   kernel = functools.partial(_decode_call, n_ctx=n_ctx, n_hints=n_hints, bk=bk, be=be)
-  ranks = (4, 2, 4, 4, 1) + ((4, 4) if n_hints else (0, 0))
+  ranks = (4, 2, (4, 1), (4, 1), 1) + ((4, 4) if n_hints else (0, 0))
   return backend.per_batch_and_head_shard(kernel, ranks, 4)(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, kh, vh)
 
 
@@ -147,8 +147,8 @@ def _decode_call(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, kh, vh, *, n_c
   row_spec = lambda *shape: pl.BlockSpec((None,) + shape, lambda i: (i,) + (0,) * len(shape))
   len_spec = (pl.BlockSpec(memory_space=pltpu.SMEM) if be == "tpu"
               else pl.BlockSpec((b,), lambda i: (0,)))
-  in_specs = [len_spec, row_spec(qp, h, d), row_spec(qp, 1), row_spec(k_cache.shape[1], h, d),
-              row_spec(k_cache.shape[1], h, d)]
+  in_specs = [len_spec, row_spec(qp, h, d), row_spec(qp, 1), row_spec(h, k_cache.shape[2], d),
+              row_spec(h, k_cache.shape[2], d)]
   if n_hints:
     kp = -(-n_hints // mult) * mult
     args += [pad_rows(x.astype(v_cache.dtype), kp) for x in (kh, vh)]

@@ -132,10 +132,11 @@ def staircase_attention(qc, kc, vc, qh, kh, vh, impl: str = "split", block_q: in
   raise ValueError(f"unknown attention_impl {impl!r}; expected dense, split or pallas")
 
 
-def write_cache(cache_BxSxHxD, new_BxTxHxD, start_B):
+def write_cache(cache_BxHxSxD, new_BxTxHxD, start_B):
   """Writes `new` into each row of the cache at that row's own start position (ragged batches)."""
-  upd = lambda c, n, s: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (s, 0, 0))
-  return jax.vmap(upd)(cache_BxSxHxD, new_BxTxHxD, start_B)
+  new_BxHxTxD = jnp.transpose(new_BxTxHxD, (0, 2, 1, 3)).astype(cache_BxHxSxD.dtype)
+  upd = lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (0, s, 0))
+  return jax.vmap(upd)(cache_BxHxSxD, new_BxHxTxD, start_B)
 
 
 def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int, kh=None, vh=None,
@@ -144,11 +145,14 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
 
   The cache is indexed by absolute position and already holds this step's context keys. A context query at
   position p sees cache slots s <= p; a hint query sees every valid slot (s < kv_len) and the hints j <= i.
+  The cache is laid out heads-major, [B, H, S, D], so both attention matmuls read it as a plain batched matmul
+  over (B, H); with slots-major [B, S, H, D] XLA:CPU transposes every layer's whole cache on every step (5x the
+  step's attention time at batch 32, benchmarks in docs/benchmarks.md).
 
   Args:
     q_BxQxHxD: queries, Q = n_ctx + K.
     qpos_BxQ: absolute positions of the queries.
-    k_cache, v_cache: [B, S, H, D] caches.
+    k_cache, v_cache: [B, H, S, D] caches.
     kv_len_B: number of valid cache slots per row (after this step's writes).
     n_ctx: number of leading context queries (static).
     kh, vh: hint keys/values [B, K, H, D], or None when K = 0 (the AR step).
@@ -159,16 +163,21 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
   if impl == "pallas":
     from kforcing_jax.kernels import decode as decode_kernel
     return decode_kernel.decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx, kh, vh)
-  s_len = k_cache.shape[1]
+  s_len = k_cache.shape[2]
+  scale = 1.0 / np.sqrt(q_BxQxHxD.shape[-1])
+  q_BxHxQxD = jnp.transpose(q_BxQxHxD, (0, 2, 1, 3)).astype(k_cache.dtype)
+  s_c = jnp.einsum("bhqd,bhsd->bhqs", q_BxHxQxD, k_cache, preferred_element_type=jnp.float32) * scale
   slot = jnp.arange(s_len)[None, None, :]
   mask_c = ((slot <= qpos_BxQ[:, :, None]) & (slot < kv_len_B[:, None, None]))[:, None]
   if kh is None:
-    return _softmax_attend(_scores(q_BxQxHxD, k_cache), mask_c, v_cache)
+    p = jax.nn.softmax(jnp.where(mask_c, s_c, _MASKED), axis=-1)
+    o = jnp.einsum("bhqs,bhsd->bhqd", p.astype(v_cache.dtype), v_cache, preferred_element_type=jnp.float32)
+    return jnp.transpose(o, (0, 2, 1, 3))
   # Cache and transient hints are scored separately and merged by log-sum-exp, so the cache is never
   # concatenated with (copied next to) the hints.
   nq, nh = q_BxQxHxD.shape[1], kh.shape[1]
   r = jnp.arange(nq)[:, None] - n_ctx
   mask_h = (r >= 0) & (r >= jnp.arange(nh)[None, :])
-  o = _merge(_partial(_scores(q_BxQxHxD, k_cache), mask_c, v_cache, "bhqs,bshd->bhqd"),
+  o = _merge(_partial(s_c, mask_c, v_cache, "bhqs,bhsd->bhqd"),
              _partial(_scores(q_BxQxHxD, kh), mask_h, vh.astype(v_cache.dtype), "bhqs,bshd->bhqd"))
   return jnp.transpose(o, (0, 2, 1, 3))

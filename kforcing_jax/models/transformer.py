@@ -39,7 +39,7 @@ def _decode_attend(q, k, v, layer_cache, *, start_B, kv_len_B, pos_BxQ, n_ctx, i
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> dict:
-  """A zeroed KV cache: per-layer [B, size, H, D] keys/values and the per-row number of valid slots.
+  """A zeroed KV cache: per-layer [B, H, size, D] keys/values (heads-major) and the per-row number of valid slots.
 
   Args:
     cfg: model config.
@@ -49,7 +49,7 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> dict:
   Returns:
     {"k": [L arrays], "v": [L arrays], "len": int32 [B]}.
   """
-  shape = (batch, size, cfg.num_heads, cfg.head_dim)
+  shape = (batch, cfg.num_heads, size, cfg.head_dim)
   dtype = dtype or cfg.dtype
   zeros = lambda: [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)]
   return {"k": zeros(), "v": zeros(), "len": jnp.zeros((batch,), jnp.int32)}
