@@ -174,6 +174,23 @@ def test_config_mesh_must_fit_the_slice(capsys, tmp_path, mesh, num_slices, msg)
     assert msg in error(capsys, *argv)
 
 
+def test_strategy_config_arg_picks_a_mesh_preset(capsys):
+  from kforcing_jax.training import config_lib, mesh_presets
+
+  c = config_lib.paper_config("owt", "stage=ar,strategy=fsdp_tp,model_parallel=2,num_slices=2")
+  want = mesh_presets.preset("fsdp_tp", 2, 2)
+  assert c.mesh == want["mesh"] and c.sharding_rules == want["sharding_rules"]
+  assert config_lib.paper_config("owt", "stage=ar").mesh == config_lib.base_config().mesh
+  for arg, msg in [("strategy=zero", "unknown strategy"), ("model_parallel=2", "need a strategy")]:
+    with pytest.raises(ValueError, match=msg):
+      config_lib.paper_config("lm1b", arg)
+  # Through the launcher's config check: the preset fits 2 x v4-32, a model axis of 3 does not divide it.
+  argv = ["run", *WHERE, "--accelerator_type", "v4-32", "--num_slices", "2", "--workdir", "gs://bkt/x", "--config"]
+  assert len(dry(capsys, *argv, "experiments/configs/ar_owt.py:strategy=fsdp_tp,model_parallel=2,num_slices=2")) == 2
+  assert "does not divide" in error(capsys, *argv, "experiments/configs/ar_owt.py:strategy=tp,model_parallel=3,"
+                                    "num_slices=2")
+
+
 def test_unwritable_local_workdir(capsys, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("x")

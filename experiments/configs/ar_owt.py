@@ -3,8 +3,8 @@ r"""Paper-scale AR teacher on OWT: 12 layers x 768, 12 heads, seq 1024, GPT-2 BP
   python -m kforcing_jax.train --config experiments/configs/ar_owt.py --workdir gs://BUCKET/kf/owt_ar
 
 Recipe: MDLM's defaults (AdamW 3e-4, 2500 warmup steps then constant, global batch 512, clip 1.0, dropout 0.1,
-bf16 compute, 1M steps; method.md §7). Hardware: a TPU v4/v5 pod slice or 8 GPUs (data parallel; add a "model"
-mesh axis with --config.mesh for tensor parallelism). Wall-clock: not measured.
+bf16 compute, 1M steps; method.md §7). Hardware: a TPU v4/v5 pod slice or 8 GPUs (data parallel by default; config
+arg `strategy=fsdp|tp|fsdp_tp,model_parallel=N,num_slices=N` picks a mesh preset). Wall-clock: not measured.
 """
 from kforcing_jax.training import config_lib
 

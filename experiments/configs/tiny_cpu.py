@@ -8,7 +8,8 @@ r"""The demo's scale: a 4 x 256 AR teacher on the King James Bible (BPE 4096) an
   python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=4 --workdir /tmp/kf/k4 \
       --config.teacher_workdir=/tmp/kf/k2
 
-Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, runlocal (a 20-step smoke run).
+Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, runlocal (a 20-step smoke run),
+strategy=dp|fsdp|tp|fsdp_tp with model_parallel=N, num_slices=N (mesh presets; default: the one-axis data mesh).
 Hardware: 2 CPU cores (Intel Xeon), 24 GiB, no accelerator. Measured wall-clock on the idle machine, compile, evals
 and checkpoints included (docs/results.md): ar 0.72 s/step (600 steps took 433 s; the demo runs 450), k=1 80 steps
 129 s, k=2 50 steps 77 s, k=4 30 steps 70 s.
@@ -17,9 +18,10 @@ from kforcing_jax.training import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, stage="ar", k=1, targets="self_forcing", runlocal=False)
+  a = config_lib.parse_arg(arg, stage="ar", k=1, targets="self_forcing", runlocal=False, **config_lib.STRATEGY_ARGS)
   c = config_lib.base_config()
   c.stage, c.k, c.targets = a.stage, a.k, a.targets
+  config_lib.apply_strategy(c, a)
   c.model.update(vocab_size=4096, num_layers=4, d_model=256, num_heads=4, mlp_dim=1024, max_len=128)
   c.data.update(name="kjv", tokenizer="bpe", vocab_size=4096, packing="pack")
   c.seq_len = 128

@@ -49,6 +49,23 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def apply_strategy(config: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+  """Sets config.mesh / config.sharding_rules from the config args strategy, model_parallel, num_slices.
+
+  An empty strategy leaves the config's mesh alone. `config.mesh` is list-typed, which ml-collections cannot
+  override from the command line, so a strategy is chosen in the config arg: `--config FILE:stage=ar,strategy=tp,
+  model_parallel=2` (presets in `mesh_presets`).
+  """
+  from kforcing_jax.training import mesh_presets
+  if arg.strategy:
+    config.update(mesh_presets.preset(arg.strategy, arg.model_parallel, arg.num_slices))
+  elif arg.model_parallel != 1 or arg.num_slices != 1:
+    raise ValueError("model_parallel / num_slices need a strategy=dp|fsdp|tp|fsdp_tp config arg")
+
+
+STRATEGY_ARGS = dict(strategy="", model_parallel=1, num_slices=1)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field the trainer reads, with the tiny CPU defaults (the module docstring explains them)."""
   from kforcing_jax.data import corpora
@@ -91,13 +108,15 @@ def paper_config(dataset: str, arg=None) -> ml_collections.ConfigDict:
   Args:
     dataset: "lm1b" (bert-base-uncased, V=30522, mask 103, seq 128, padded) or "owt" (gpt2 + mask 50257,
       V=50258, seq 1024, packed; `data.files` must point at the user's OpenWebText text files).
-    arg: "stage=ar" or "stage=pflm,k=1|2|4[,targets=...]".
+    arg: "stage=ar" or "stage=pflm,k=1|2|4[,targets=...]", optionally ",strategy=dp|fsdp|tp|fsdp_tp[,model_parallel=N]
+      [,num_slices=N]" (`apply_strategy`; default: the base config's one-axis data mesh).
   Returns:
     The config.
   """
-  a = parse_arg(arg, stage="ar", k=1, targets="self_forcing")
+  a = parse_arg(arg, stage="ar", k=1, targets="self_forcing", **STRATEGY_ARGS)
   c = base_config()
   c.stage, c.k, c.targets = a.stage, a.k, a.targets
+  apply_strategy(c, a)
   c.model.update(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, dtype="bfloat16")
   if dataset == "lm1b":
     c.model.update(vocab_size=30522, mask_index=103, max_len=128)
