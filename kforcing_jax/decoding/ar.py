@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import (cache_slots, gather_positions, loop_cache_slots, position_noise,
+from kforcing_jax.decoding.common import (gather_positions, loop_cache_slots, position_noise,
                                           scan_growing_cache)
 from kforcing_jax.distill import inverse_cdf
 from kforcing_jax.models.config import ModelConfig
@@ -43,11 +43,6 @@ def sample_token(logits_BxV, u_B, temperature, sampler: str = "icdf"):
   if sampler == "greedy":
     return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
   raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-
-
-def cache_size(prompt_width: int, num_tokens: int) -> int:
-  """Slots needed in the end: the (padded) prompt, then one slot per fed-back token (rounded up)."""
-  return cache_slots(prompt_width + num_tokens)
 
 
 def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, *, num_tokens: int,

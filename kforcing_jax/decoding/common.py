@@ -81,8 +81,8 @@ def scan_growing_cache(step: Callable, carry: dict, length: int, per_step: int, 
                        segments: int = SEGMENTS):
   """`lax.scan(step, carry, None, length)` with the KV cache grown in segments instead of preallocated in full.
 
-  Attention reads the whole cache array on every step (XLA cannot slice it to the valid length), and at batch 32
-  that read is a sixth of a paper-size step. So the loop runs as `segments` scans; before each, carry["cache"] is
+  Attention reads the whole cache array on every step (XLA cannot slice it to the valid length), which at large
+  batch is a visible share of a step's memory traffic. So the loop runs as `segments` scans; before each, carry["cache"] is
   zero-padded to the slots its last step needs. Padded slots are never valid, so the result equals one scan over
   the full cache. The incoming cache (from `prefill`, sized by `loop_cache_slots`) already fits the first segment;
   each later segment costs one cache copy and one compiled scan body.

@@ -14,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import (cache_slots, gather_positions, loop_cache_slots, position_noise, readout,
+from kforcing_jax.decoding.common import (gather_positions, loop_cache_slots, position_noise, readout,
                                           scan_growing_cache)
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
@@ -22,11 +22,6 @@ from kforcing_jax.models.transformer import KForcingLM, init_cache
 
 def num_steps(num_tokens: int, k: int) -> int:
   return int(math.ceil(num_tokens / k))
-
-
-def cache_size(prompt_width: int, num_tokens: int, k: int) -> int:
-  """Slots needed in the end: the padded prompt plus every fed-back block (the last is never fed), rounded up."""
-  return cache_slots(prompt_width + num_steps(num_tokens, k) * k)
 
 
 def noise_length(prompt_width: int, num_tokens: int, k: int) -> int:

@@ -146,8 +146,8 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
   The cache is indexed by absolute position and already holds this step's context keys. A context query at
   position p sees cache slots s <= p; a hint query sees every valid slot (s < kv_len) and the hints j <= i.
   The cache is laid out heads-major, [B, H, S, D], so both attention matmuls read it as a plain batched matmul
-  over (B, H); with slots-major [B, S, H, D] XLA:CPU transposes every layer's whole cache on every step (5x the
-  step's attention time at batch 32, benchmarks in docs/benchmarks.md).
+  over (B, H); with slots-major [B, S, H, D] XLA:CPU transposed every layer's whole cache on every step
+  (decoding throughput before / after in docs/benchmarks.md).
 
   Args:
     q_BxQxHxD: queries, Q = n_ctx + K.
@@ -170,6 +170,8 @@ def decode_attention(q_BxQxHxD, qpos_BxQ, k_cache, v_cache, kv_len_B, n_ctx: int
   slot = jnp.arange(s_len)[None, None, :]
   mask_c = ((slot <= qpos_BxQ[:, :, None]) & (slot < kv_len_B[:, None, None]))[:, None]
   if kh is None:
+    # A plain softmax, not the unnormalised partial below: verify mode's token-for-token equality with the AR
+    # sampler relies on the AR step and the teacher's scoring pass rounding alike (the tests fail otherwise).
     p = jax.nn.softmax(jnp.where(mask_c, s_c, _MASKED), axis=-1)
     o = jnp.einsum("bhqs,bhsd->bhqd", p.astype(v_cache.dtype), v_cache, preferred_element_type=jnp.float32)
     return jnp.transpose(o, (0, 2, 1, 3))
