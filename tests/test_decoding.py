@@ -61,25 +61,29 @@ def _ar_loop(cfg, params, prompts, u, n):
   return np.array(out)
 
 
-def _pflm_loop(cfg, params, prompts, u, n, k, lam=None):
+def _pflm_loop(cfg, params, prompts, u, n, k, lam=None, readout="argmax"):
   out, u = [], np.asarray(u)  # numpy slices: eager jax slices would compile once per offset
   tau = jnp.ones((1,))
   for b, p in enumerate(prompts):
     counts = None if lam is None else np.zeros(cfg.vocab_size)
-    _, hl, cache = _first(cfg, params, p, 8 + n + 2 * k, u[b:b + 1, len(p):len(p) + k], tau)
+    pos0 = len(p)
+    _, hl, cache = _first(cfg, params, p, 8 + n + 2 * k, u[b:b + 1, pos0:pos0 + k], tau)
     toks = []
     while True:
       hl = np.asarray(hl)
       for i in range(k):
         lg = hl[0, i] - (0.0 if counts is None else lam * counts)
-        toks.append(int(np.argmax(lg)))
+        if readout == "sample":
+          toks.append(int(inverse_cdf.sample(jnp.asarray(lg), jnp.asarray(u[b, pos0 + i]))))
+        else:
+          toks.append(int(np.argmax(lg)))
         if counts is not None:
           counts[toks[-1]] += 1
       if len(toks) >= n:
         break
-      start = int(cache["len"][0]) + k
+      pos0 = int(cache["len"][0]) + k
       _, hl, cache = _jit_decode(cfg, "none")(params, jnp.asarray([toks[-k:]], jnp.int32), jnp.full((1,), k),
-                                              cache, u[b:b + 1, start:start + k], tau)
+                                              cache, u[b:b + 1, pos0:pos0 + k], tau)
     out.append(toks[:n])
   return np.array(out)
 
@@ -131,17 +135,37 @@ def test_ar_samplers_run(teacher):
   assert vc.shape == (len(PROMPTS), N) and vc.min() >= 0 and vc.max() < cfg.vocab_size
 
 
-@pytest.mark.parametrize("k,lam", [(1, None), (3, None), (4, 0.7)])
-def test_pflm_scan_equals_python_loop(student, k, lam):
+@pytest.mark.parametrize("k,lam,readout", [(1, None, "argmax"), (3, None, "argmax"), (4, 0.7, "argmax"),
+                                           (3, None, "sample"), (2, 0.5, "sample")])
+def test_pflm_scan_equals_python_loop(student, k, lam, readout):
   cfg, params = student
   tok, lens = _batch()
   u = common.position_noise(1, len(PROMPTS), pflm.noise_length(tok.shape[1], N, k))
   penalize = lam is not None
-  state = pflm.prefill(cfg, params, tok, lens, u, 1.0, lam or 0.0, k=k, num_tokens=N, penalize=penalize)
-  got, _ = pflm.steps(cfg, params, state, u, 1.0, lam or 0.0, k=k, num_tokens=N)
-  np.testing.assert_array_equal(np.asarray(got), _pflm_loop(cfg, params, PROMPTS, u, N, k, lam))
-  one_jit = pflm.decoder(cfg, k, N, penalize)(params, tok, lens, 1, 1.0, lam or 0.0, 0)
+  state = pflm.prefill(cfg, params, tok, lens, u, 1.0, lam or 0.0, k=k, num_tokens=N, penalize=penalize,
+                       readout=readout)
+  got, _ = pflm.steps(cfg, params, state, u, 1.0, lam or 0.0, k=k, num_tokens=N, readout=readout)
+  np.testing.assert_array_equal(np.asarray(got), _pflm_loop(cfg, params, PROMPTS, u, N, k, lam, readout))
+  one_jit = pflm.decoder(cfg, k, N, penalize, readout=readout)(params, tok, lens, 1, 1.0, lam or 0.0, 0)
   np.testing.assert_array_equal(np.asarray(one_jit), np.asarray(got))
+
+
+def test_sampled_readout_at_k1_is_ar_inverse_cdf_sampling_of_the_hint_logits():
+  """K = 1, "previous" layout: hint 1 sees no noise, so each token is the AR inverse-CDF sample (`ar.sample_token`,
+  the AR decoder's sampler) of that step's hint logits at the position's u."""
+  cfg = tiny_config(k_max=1, hint_noise="previous")
+  params = random_params(cfg, 6)[1]["params"]
+  tok, lens = _batch()
+  u = common.position_noise(3, len(PROMPTS), pflm.noise_length(tok.shape[1], N, 1))
+  got = np.asarray(pflm.decoder(cfg, 1, N, readout="sample")(params, tok, lens, 3, 1.0, 0.0, 0))
+  model = KForcingLM(cfg)
+  stair = jax.jit(lambda x: model.apply({"params": params}, x, jnp.zeros(x.shape + (1,)), jnp.ones((1,)),
+                                        method=model.staircase))
+  for b, p in enumerate(PROMPTS):
+    seq = jnp.asarray([p + list(got[b])], jnp.int32)
+    logits = stair(seq)[0, len(p) - 1: len(p) - 1 + N, 0]  # window t predicts position t+1; u is not read
+    pos = jnp.arange(len(p), len(p) + N)
+    np.testing.assert_array_equal(got[b], np.asarray(ar.sample_token(logits, u[b, pos], 1.0, "icdf")))
 
 
 def test_pflm_decode_step_equals_staircase(student):
@@ -159,12 +183,12 @@ def test_pflm_decode_step_equals_staircase(student):
     np.testing.assert_allclose(hl[0], stair[0, t], atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_verify_equals_ar_for_every_row(student, teacher, k):
+@pytest.mark.parametrize("k,readout", [(1, "argmax"), (2, "argmax"), (4, "argmax"), (3, "sample")])
+def test_verify_equals_ar_for_every_row(student, teacher, k, readout):
   (s_cfg, s_params), (t_cfg, t_params) = student, teacher
   tok, lens = _batch()
   want = np.asarray(ar.decoder(t_cfg, N)(t_params, tok, lens, 2, 1.0, 0))
-  got, passes = verify.decoder(s_cfg, t_cfg, k, N)(s_params, t_params, tok, lens, 2, 1.0, 0)
+  got, passes = verify.decoder(s_cfg, t_cfg, k, N, readout)(s_params, t_params, tok, lens, 2, 1.0, 0)
   np.testing.assert_array_equal(np.asarray(got), want)
   assert np.all(np.asarray(passes) >= 1) and np.all(np.asarray(passes) <= N)
 
@@ -182,8 +206,8 @@ def test_verify_accepts_agreeing_drafts(student, teacher, monkeypatch, k):
   ref = jnp.asarray(ref)
   original = verify._draft
 
-  def oracle(student_, s_params_, tok_BxT, n_new_B, cache, u_BxS, tau_B, k_):
-    _, cache = original(student_, s_params_, tok_BxT, n_new_B, cache, u_BxS, tau_B, k_)
+  def oracle(student_, s_params_, tok_BxT, n_new_B, cache, u_BxS, tau_B, k_, *rest):
+    _, cache = original(student_, s_params_, tok_BxT, n_new_B, cache, u_BxS, tau_B, k_, *rest)
     pos = (cache["len"])[:, None] + jnp.arange(k_)[None, :]
     d = jnp.take_along_axis(ref, jnp.clip(pos, 0, width - 1), 1)
     odd = (jnp.arange(d.shape[0]) % 2 == 1)[:, None]

@@ -4,6 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from kforcing_jax.distill import inverse_cdf, losses, targets
 from kforcing_jax.models import init_cache
@@ -108,3 +109,68 @@ def test_next_token_cross_entropy_ignores_padding():
   loss, _ = losses.next_token_cross_entropy(logits, tok, mask)
   ce = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), tok[:, 1:, None], -1)[..., 0]
   np.testing.assert_allclose(loss, np.asarray(ce)[np.asarray(mask[:, 1:], bool)].mean(), rtol=1e-6)
+
+
+def test_ar_rollout_equals_the_cached_ar_sampler():
+  """Slot i's token is the AR decoder's inverse-CDF sample after the first i-1; slot i's conditional is its logits."""
+  from kforcing_jax.decoding import ar
+  model, params = _model(9, k_max=0)
+  tok = _tokens(model.cfg.vocab_size, seed=10)
+  k, w = 3, 6
+  noise = jax.random.uniform(jax.random.key(11), (B, w, k))
+  y, logp = jax.jit(functools.partial(targets.ar_rollout, model))(params, tok[:, :w], noise, jnp.full((B,), 0.8))
+  rows, n_new = _per_window_rows(tok, w)
+  u = jnp.zeros((B * w, w + k + 1)).at[jnp.arange(B * w)[:, None], n_new[:, None] + jnp.arange(k)].set(
+      noise.reshape(B * w, k))
+  cache, first = ar.prefill(model.cfg, params, rows, n_new, u, 0.8, num_tokens=k)
+  want, _ = ar.steps(model.cfg, params, cache, first, u, 0.8, num_tokens=k)
+  np.testing.assert_array_equal(y.reshape(B * w, k), want)
+  seq = jnp.concatenate([rows, jnp.zeros((B * w, k), jnp.int32)], 1)
+  seq = seq.at[jnp.arange(B * w)[:, None], n_new[:, None] + jnp.arange(k)].set(want)
+  full = jax.nn.log_softmax(model.apply({"params": params}, seq) / 0.8, -1)
+  want_logp = jnp.take_along_axis(full, (n_new[:, None] - 1 + jnp.arange(k))[..., None], 1)
+  np.testing.assert_allclose(logp.reshape(B * w, k, -1), want_logp, atol=2e-5)
+
+
+def test_slot_kl_equals_a_direct_computation():
+  k, v, w = 3, 9, 4
+  logits = jax.random.normal(jax.random.key(0), (B, w, k, v))
+  p = jax.random.dirichlet(jax.random.key(1), jnp.full((v,), 0.5), (B, w, k))
+  p = p.at[..., 0].set(0.0) / jnp.sum(p.at[..., 0].set(0.0), -1, keepdims=True)  # a zero-mass token: 0 log 0 = 0
+  weight = jnp.ones((B, w)).at[1, 0].set(0.0)
+  loss, m = losses.slot_kl(logits, jnp.log(p), weight)
+  pn, qn = np.asarray(p, np.float64), np.asarray(jax.nn.softmax(logits), np.float64)
+  kl = np.sum(np.where(pn > 0, pn * (np.log(np.where(pn > 0, pn, 1)) - np.log(qn)), 0), -1)
+  keep = np.asarray(weight, bool)
+  np.testing.assert_allclose(loss, kl[keep].mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["loss_slot3"], kl[..., 2][keep].mean(), rtol=1e-5)
+  # Its gradient vanishes where the student's softmax equals the target.
+  g = jax.grad(lambda x: losses.slot_kl(x, jnp.log(p), weight)[0])(jnp.log(p))
+  assert float(jnp.max(jnp.abs(g))) < 1e-6
+
+
+@pytest.mark.parametrize("rollout", ["teacher", "student"])
+def test_kl_objective_targets_follow_the_rollout(rollout):
+  """The KL objective's targets are the AR teacher's conditionals along the teacher's or the student's tokens."""
+  from kforcing_jax.distill import objectives
+  t_model, t_params = _model(12, k_max=0)
+  s_model, s_params = _model(13, k_max=2, hint_noise="previous")
+  tok = _tokens(t_model.cfg.vocab_size, seed=14)
+  obj = objectives.Objective(k=2, loss="kl", readout="sample", rollout=rollout)
+  key = jax.random.key(15)
+  run = jax.jit(lambda sp, tp: objectives.pflm_loss(obj, s_model, sp, t_model, tp, tok, jnp.ones((B, N)), key))
+  loss, m = run(s_params, t_params)
+  # Recompute the same step by hand from the same key split.
+  k_noise, _ = jax.random.split(key)
+  ctx = tok[:, : N - 2]
+  noise = jax.random.uniform(k_noise, (B, N - 2, 2))
+  tau = jnp.ones((B,))
+  q = s_model.apply({"params": s_params}, ctx, noise, tau, method=s_model.staircase)
+  if rollout == "student":
+    y = inverse_cdf.sample(q, noise)
+    logp = targets.ar_along(t_model, t_params, ctx, y[..., :1], tau)
+  else:
+    _, logp = targets.ar_rollout(t_model, t_params, ctx, noise, tau)
+  want, _ = losses.slot_kl(q, logp, jnp.ones((B, N - 2)))
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  assert {"loss_slot1", "loss_slot2", "ce_slot1", "acc_slot2"} <= set(m)

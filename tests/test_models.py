@@ -257,3 +257,41 @@ def test_checkpoint_relative_workdir_round_trip(pflm, tmp_path, monkeypatch):
   step, out = checkpoint.restore("relative_run")
   assert step == 3 and out["meta"]["model"]["k_max"] == model.cfg.k_max
   np.testing.assert_array_equal(out["params"]["embed"]["embedding"], params["params"]["embed"]["embedding"])
+
+
+@pytest.mark.parametrize("hint_noise", ["current", "previous", "interleaved"])
+def test_which_noises_each_hint_sees(hint_noise):
+  """By gradient: slot i's logits see u_1..u_i ("current", the reference) or only u_1..u_{i-1} (the others)."""
+  cfg = tiny_config(vocab_size=64, k_max=4, hint_noise=hint_noise, noise_features="sinusoid")
+  model, params = random_params(cfg, seed=5)
+  tok = _tokens(1, 6, seed=3)
+  u = jax.random.uniform(jax.random.key(4), (1, 6, 4))
+  tau = jnp.ones((1,))
+  for i in range(4):
+    g = jax.grad(lambda x: jnp.sum(model.apply(params, tok, x, tau, method=model.staircase)[0, 2, i] ** 2))(u)
+    seen = np.abs(np.asarray(g[0, 2])) > 0
+    last = i if hint_noise == "current" else i - 1
+    np.testing.assert_array_equal(seen, np.arange(4) <= last)
+    assert np.all(np.asarray(g[0, :2]) == 0) and np.all(np.asarray(g[0, 3:]) == 0)  # its own window only
+
+
+def test_prefix_logits_equal_full_forward(pflm):
+  model, params = pflm
+  tok = _tokens(2, 7, seed=20)
+  y = jax.random.randint(jax.random.key(21), (2, 7, 3), 0, 64)
+  got = _apply(model, "prefix_logits", params, tok, y)
+  forward = jax.jit(lambda x: model.apply(params, x))
+  for t in (0, 3, 6):
+    seq = jnp.concatenate([tok[:, : t + 1], y[:, t]], 1)
+    np.testing.assert_allclose(got[:, t], forward(seq)[:, t:], atol=TOL)
+
+
+def test_ramp_features_encoder_runs_and_differs():
+  cfg = tiny_config(vocab_size=64, k_max=2, hint_noise="previous", noise_features="ramp")
+  model, params = random_params(cfg, seed=1)
+  tok = _tokens(1, 5)
+  u = jax.random.uniform(jax.random.key(2), (1, 5, 2))
+  out = _apply(model, "staircase", params, tok, u, jnp.ones((1,)))
+  ref = KForcingLM(cfg.replace(noise_features="sinusoid"))
+  assert out.shape == (1, 5, 2, 64)
+  assert not np.allclose(out, _apply(ref, "staircase", params, tok, u, jnp.ones((1,))))

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kforcing_jax.distill import readout as readout_lib
 from kforcing_jax.models.config import ModelConfig
 
 
-def position_noise(seed, batch: int, length: int, row_offset=0) -> jax.Array:
+def position_noise(seed, batch: int, length: int, row_offset=0, stream: int = 0) -> jax.Array:
   """u[b, j] ~ U[0, 1) (float32) from fold_in(seed, row_offset + b, j): independent of batch and padding.
 
   Args:
@@ -23,10 +24,14 @@ def position_noise(seed, batch: int, length: int, row_offset=0) -> jax.Array:
     batch: rows.
     length: positions 0..length-1.
     row_offset: global index of row 0 (so a prompt gets the same noise in any batch of a prompt file).
+    stream: 0 is the noise every decoder shares; other values give independent streams of the same shape
+      (speculative decoding's acceptance and residual uniforms).
   Returns:
     float32 [batch, length].
   """
   key = jax.random.key(seed)
+  if stream:
+    key = jax.random.fold_in(key, 1_000_003 + stream)
   rows = row_offset + jnp.arange(batch)
 
   def one(b, j):
@@ -128,25 +133,29 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int
   return tok, lens
 
 
-def readout(logits_BxKxV, counts_BxV, lam):
-  """Push-forward readout: argmax per hint, optionally with the frequency penalty (method.md §3).
+def readout(logits_BxKxV, counts_BxV, lam, u_BxK=None, mode: str = "argmax"):
+  """Push-forward readout of one step's hint logits, optionally with the frequency penalty (method.md §3).
 
-  With a penalty, slots are read sequentially inside the block: y_i = argmax(logits_i - lam * count), then
-  count[y_i] += 1, so a token chosen at slot i is already penalised at slot i+1. Counts cover generated tokens
-  only and persist across steps (the caller carries them).
+  mode "argmax" takes y_i = argmax per hint (the reference); "sample" the inverse CDF of hint i's softmax at u_i
+  (`distill.readout`). With a penalty, slots are read sequentially inside the block from logits_i - lam * count,
+  then count[y_i] += 1, so a token chosen at slot i is already penalised at slot i+1. Counts cover generated
+  tokens only and persist across steps (the caller carries them).
 
   Args:
     logits_BxKxV: hint logits.
     counts_BxV: float32 counts of generated tokens, or None for no penalty.
     lam: penalty weight (scalar, may be traced).
+    u_BxK: the slots' uniforms (mode "sample").
+    mode: "argmax" | "sample".
   Returns:
     (int32 tokens [B, K], updated counts or None).
   """
   if counts_BxV is None:
-    return jnp.argmax(logits_BxKxV, -1).astype(jnp.int32), None
+    return readout_lib.tokens(logits_BxKxV, u_BxK, mode), None
   ys = []
   for i in range(logits_BxKxV.shape[1]):
-    y = jnp.argmax(logits_BxKxV[:, i] - lam * counts_BxV, -1).astype(jnp.int32)
+    lg = (logits_BxKxV[:, i] - lam * counts_BxV)[:, None]
+    y = readout_lib.tokens(lg, None if u_BxK is None else u_BxK[:, i:i + 1], mode)[:, 0]
     counts_BxV = counts_BxV + jax.nn.one_hot(y, counts_BxV.shape[-1], dtype=counts_BxV.dtype)
     ys.append(y)
   return jnp.stack(ys, 1), counts_BxV

@@ -4,8 +4,9 @@
 Each step feeds the K tokens emitted by the previous step as ordinary context tokens plus K fresh hints (2K
 queries; the first step feeds the prompt instead). Hint i of a step predicts the token at absolute position j and
 reads the noise u_j (`common.position_noise`), so K = 1 with the same seed uses the same u as AR sampling.
-Readout is argmax per hint (the push-forward map is deterministic given u), optionally with the sequential
-frequency penalty. `temperature` is the tau fed to the noise encoder (the reference always decodes at tau = 1; the
+Readout (`common.readout`) is argmax per hint (the reference: the push-forward map is deterministic given u) or
+"sample" (hint i's token is the inverse CDF of its own softmax at u_j), optionally with the sequential frequency
+penalty. `temperature` is the tau fed to the noise encoder (the reference always decodes at tau = 1; the
 logits are not rescaled, since the map already encodes the sampling distribution).
 """
 import functools
@@ -14,8 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import (gather_positions, loop_cache_slots, position_noise, readout,
-                                          scan_growing_cache)
+from kforcing_jax.decoding.common import gather_positions, loop_cache_slots, position_noise, scan_growing_cache
+from kforcing_jax.decoding.common import readout as read_tokens
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
 
@@ -28,17 +29,18 @@ def noise_length(prompt_width: int, num_tokens: int, k: int) -> int:
   return prompt_width + num_steps(num_tokens, k) * k + k
 
 
-def _step(model, params, tok_BxT, n_new_B, cache, u_BxS, tau_B, counts, lam, k):
+def _step(model, params, tok_BxT, n_new_B, cache, u_BxS, tau_B, counts, lam, k, mode):
   # Hints predict the K positions right after the row's last real token.
   pos = (cache["len"] + n_new_B)[:, None] + jnp.arange(k)[None, :]
-  _, hint_logits, cache = model.apply({"params": params}, tok_BxT, n_new_B, cache, gather_positions(u_BxS, pos),
-                                      tau_B, method=model.decode)
-  y, counts = readout(hint_logits, counts, lam)
+  u_BxK = gather_positions(u_BxS, pos)
+  _, hint_logits, cache = model.apply({"params": params}, tok_BxT, n_new_B, cache, u_BxK, tau_B,
+                                      method=model.decode)
+  y, counts = read_tokens(hint_logits, counts, lam, u_BxK, mode)
   return y, counts, cache
 
 
 def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, freq_penalty=0.0, *, k: int,
-            num_tokens: int, penalize: bool = False):
+            num_tokens: int, penalize: bool = False, readout: str = "argmax"):
   """Writes the prompts and reads the first K tokens from the hints in the same call.
 
   Args:
@@ -52,6 +54,7 @@ def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, fr
     k: tokens per step.
     num_tokens: new tokens per row (sizes the cache).
     penalize: carry generated-token counts and apply the frequency penalty.
+    readout: "argmax" | "sample" (`common.readout`).
   Returns:
     A decode state {"cache", "y": [B, K] tokens, "counts": [B, V] or None}.
   """
@@ -61,12 +64,12 @@ def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, fr
   cache = init_cache(cfg, b, loop_cache_slots(p, k, num_steps(num_tokens, k) - 1))
   tau = jnp.full((b,), temperature, jnp.float32)
   counts = jnp.zeros((b, cfg.vocab_size), jnp.float32) if penalize else None
-  y, counts, cache = _step(model, params, prompt_BxP, plen_B, cache, u_BxS, tau, counts, freq_penalty, k)
+  y, counts, cache = _step(model, params, prompt_BxP, plen_B, cache, u_BxS, tau, counts, freq_penalty, k, readout)
   return {"cache": cache, "y": y, "counts": counts}
 
 
 def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0, *, k: int, num_tokens: int,
-          unroll: int = 1):
+          unroll: int = 1, readout: str = "argmax"):
   """The remaining ceil(num_tokens / K) - 1 steps as `lax.scan`s over a growing cache (`scan_growing_cache`).
 
   Args:
@@ -76,6 +79,7 @@ def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0,
     k: tokens per step.
     num_tokens: new tokens per row; the output is cut to this length.
     unroll: `lax.scan` unroll factor.
+    readout: as in `prefill`.
   Returns:
     (int32 tokens [B, num_tokens], final state).
   """
@@ -86,7 +90,7 @@ def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0,
 
   def step(carry, _):
     y, counts, cache = _step(model, params, carry["y"], full, carry["cache"], u_BxS, tau, carry["counts"],
-                             freq_penalty, k)
+                             freq_penalty, k, readout)
     return {"cache": cache, "y": y, "counts": counts}, y
 
   state_out, ys = scan_growing_cache(step, state, num_steps(num_tokens, k) - 1, k, unroll)
@@ -97,8 +101,10 @@ def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0,
 
 
 @functools.lru_cache(maxsize=64)
-def decoder(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, unroll: int = 1):
-  """One jitted push-forward decoder (prefill + scan) per (config, K, num_tokens); retraces per (batch, width).
+def decoder(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, unroll: int = 1,
+            readout: str = "argmax"):
+  """One jitted push-forward decoder (prefill + scan) per (config, K, num_tokens, readout); retraces per
+  (batch, width).
 
   Returns:
     fn(params, prompt_BxP, plen_B, seed, temperature, freq_penalty, row_offset) -> int32 [B, num_tokens].
@@ -107,20 +113,22 @@ def decoder(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, u
     b, p = prompt_BxP.shape
     u = position_noise(seed, b, noise_length(p, num_tokens, k), row_offset)
     state = prefill(cfg, params, prompt_BxP, plen_B, u, temperature, freq_penalty, k=k, num_tokens=num_tokens,
-                    penalize=penalize)
-    return steps(cfg, params, state, u, temperature, freq_penalty, k=k, num_tokens=num_tokens, unroll=unroll)[0]
+                    penalize=penalize, readout=readout)
+    return steps(cfg, params, state, u, temperature, freq_penalty, k=k, num_tokens=num_tokens, unroll=unroll,
+                 readout=readout)[0]
 
   return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=64)
-def phases(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, unroll: int = 1):
+def phases(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, unroll: int = 1,
+           readout: str = "argmax"):
   """Prefill and step loop as two jitted functions (nothing donated: the loop grows the cache, see `ar.phases`).
 
   Returns:
     (prefill_fn(params, prompt, plen, u, temperature, freq_penalty) -> state,
      steps_fn(params, state, u, temperature, freq_penalty) -> (tokens, state)).
   """
-  pre = jax.jit(functools.partial(prefill, cfg, k=k, num_tokens=num_tokens, penalize=penalize))
-  run = jax.jit(functools.partial(steps, cfg, k=k, num_tokens=num_tokens, unroll=unroll))
+  pre = jax.jit(functools.partial(prefill, cfg, k=k, num_tokens=num_tokens, penalize=penalize, readout=readout))
+  run = jax.jit(functools.partial(steps, cfg, k=k, num_tokens=num_tokens, unroll=unroll, readout=readout))
   return pre, run

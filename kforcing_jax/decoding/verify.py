@@ -38,15 +38,16 @@ def noise_length(prompt_width: int, num_tokens: int, k: int) -> int:
   return cache_size(prompt_width, num_tokens, k) + k
 
 
-def _draft(student, s_params, tok_BxT, n_new_B, cache, u_BxS, tau_B, k):
+def _draft(student, s_params, tok_BxT, n_new_B, cache, u_BxS, tau_B, k, mode="argmax"):
   pos = (cache["len"] + n_new_B)[:, None] + jnp.arange(k)[None, :]
-  _, hint_logits, cache = student.apply({"params": s_params}, tok_BxT, n_new_B, cache,
-                                        gather_positions(u_BxS, pos), tau_B, method=student.decode)
-  return readout(hint_logits, None, 0.0)[0], cache
+  u_BxK = gather_positions(u_BxS, pos)
+  _, hint_logits, cache = student.apply({"params": s_params}, tok_BxT, n_new_B, cache, u_BxK, tau_B,
+                                        method=student.decode)
+  return readout(hint_logits, None, 0.0, u_BxK, mode)[0], cache
 
 
 def prefill(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, prompt_BxP, plen_B, u_BxS, temperature, *,
-            k: int, num_tokens: int):
+            k: int, num_tokens: int, readout: str = "argmax"):
   """Prompts into both caches (the teacher's without the last prompt token) and the first drafts.
 
   Args:
@@ -57,6 +58,7 @@ def prefill(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, prompt_B
     temperature: the teacher's sampling temperature, also fed to the student as tau.
     k: drafts per iteration.
     num_tokens: new tokens per row.
+    readout: the student's draft readout ("argmax" | "sample").
   Returns:
     The loop state (dict).
   """
@@ -64,7 +66,7 @@ def prefill(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, prompt_B
   b, p = prompt_BxP.shape
   size = cache_size(p, num_tokens, k)
   tau = jnp.full((b,), temperature, jnp.float32)
-  drafts, cs = _draft(student, s_params, prompt_BxP, plen_B, init_cache(s_cfg, b, size), u_BxS, tau, k)
+  drafts, cs = _draft(student, s_params, prompt_BxP, plen_B, init_cache(s_cfg, b, size), u_BxS, tau, k, readout)
   # n_new may be 0 here (a one-token prompt): the written slot is masked and overwritten by the first pass.
   _, _, ct = teacher.apply({"params": t_params}, prompt_BxP, plen_B - 1, init_cache(t_cfg, b, size),
                            method=teacher.decode)
@@ -75,7 +77,7 @@ def prefill(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, prompt_B
 
 
 def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, u_BxS, temperature, *, k: int,
-         num_tokens: int):
+         num_tokens: int, readout: str = "argmax"):
   """Draft-verify iterations as one `lax.while_loop` until every row has num_tokens tokens.
 
   Returns:
@@ -99,7 +101,7 @@ def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, u_Bx
     ct = dict(ct, len=start + n_new)
     out = jnp.where(active[:, None], write(s["out"], t, s["n_acc"]), s["out"])
     last = jnp.where(active, jnp.take_along_axis(t, m[:, None], 1)[:, 0], s["last"])
-    drafts, cs = _draft(student, s_params, t, n_new, s["cs"], u_BxS, tau, k)
+    drafts, cs = _draft(student, s_params, t, n_new, s["cs"], u_BxS, tau, k, readout)
     return {"cs": cs, "ct": ct, "drafts": drafts, "last": last, "out": out, "n_acc": s["n_acc"] + n_new,
             "iters": s["iters"] + active.astype(jnp.int32)}
 
@@ -108,8 +110,8 @@ def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, u_Bx
 
 
 @functools.lru_cache(maxsize=32)
-def decoder(s_cfg: ModelConfig, t_cfg: ModelConfig, k: int, num_tokens: int):
-  """One jitted verify decoder per (student, teacher, K, num_tokens); retraces per (batch, width).
+def decoder(s_cfg: ModelConfig, t_cfg: ModelConfig, k: int, num_tokens: int, readout: str = "argmax"):
+  """One jitted verify decoder per (student, teacher, K, num_tokens, readout); retraces per (batch, width).
 
   Returns:
     fn(s_params, t_params, prompt_BxP, plen_B, seed, temperature, row_offset) -> (tokens [B, N], passes [B]).
@@ -117,20 +119,23 @@ def decoder(s_cfg: ModelConfig, t_cfg: ModelConfig, k: int, num_tokens: int):
   def run(s_params, t_params, prompt_BxP, plen_B, seed, temperature, row_offset):
     b, p = prompt_BxP.shape
     u = position_noise(seed, b, noise_length(p, num_tokens, k), row_offset)
-    state = prefill(s_cfg, s_params, t_cfg, t_params, prompt_BxP, plen_B, u, temperature, k=k, num_tokens=num_tokens)
-    return loop(s_cfg, s_params, t_cfg, t_params, state, u, temperature, k=k, num_tokens=num_tokens)[:2]
+    state = prefill(s_cfg, s_params, t_cfg, t_params, prompt_BxP, plen_B, u, temperature, k=k, num_tokens=num_tokens,
+                    readout=readout)
+    return loop(s_cfg, s_params, t_cfg, t_params, state, u, temperature, k=k, num_tokens=num_tokens,
+                readout=readout)[:2]
 
   return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=32)
-def phases(s_cfg: ModelConfig, t_cfg: ModelConfig, k: int, num_tokens: int):
+def phases(s_cfg: ModelConfig, t_cfg: ModelConfig, k: int, num_tokens: int, readout: str = "argmax"):
   """Prefill and loop as two jitted functions (the state is donated to the loop and returned), for timing."""
   def pre(s_params, t_params, prompt_BxP, plen_B, u_BxS, temperature):
     return prefill(s_cfg, s_params, t_cfg, t_params, prompt_BxP, plen_B, u_BxS, temperature, k=k,
-                   num_tokens=num_tokens)
+                   num_tokens=num_tokens, readout=readout)
 
   def run(s_params, t_params, state, u_BxS, temperature):
-    return loop(s_cfg, s_params, t_cfg, t_params, state, u_BxS, temperature, k=k, num_tokens=num_tokens)
+    return loop(s_cfg, s_params, t_cfg, t_params, state, u_BxS, temperature, k=k, num_tokens=num_tokens,
+                readout=readout)
 
   return jax.jit(pre), jax.jit(run, donate_argnums=(2,))

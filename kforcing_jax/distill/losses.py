@@ -1,4 +1,8 @@
-"""Losses and their diagnostics: per-slot cross-entropy of the push-forward LM, next-token CE of the AR teacher.
+"""Losses and their diagnostics: per-slot cross-entropy and KL of the push-forward LM, next-token CE of the AR teacher.
+
+  slot_cross_entropy  CE against one target token per (window, slot): the reference's loss.
+  slot_kl             KL(target distribution || the hint's softmax), dense over the vocabulary: a low-variance
+                      signal where the reference's CE sees one sample of a high-entropy conditional.
 
 Aggregation (the reference leaves it open, method.md §5): a weighted mean over every (row, window, slot) whose
 weight is non-zero, where a window's weight is 1 only if all its target positions are real tokens (loss_mask) and
@@ -55,6 +59,38 @@ def slot_cross_entropy(logits_BxWxKxV, tgt_BxWxK, weight_BxW, mask_index: int = 
     metrics[f"loss_slot{i + 1}"] = slot_loss[i]
     metrics[f"acc_slot{i + 1}"] = slot_acc[i]
   return loss, metrics
+
+
+def slot_kl(logits_BxWxKxV, tgt_logp_BxWxKxV, weight_BxW) -> tuple[jax.Array, dict]:
+  """Push-forward loss: mean over weighted (window, slot) pairs of KL(p_target || softmax(student logits)).
+
+  Args:
+    logits_BxWxKxV: student hint logits.
+    tgt_logp_BxWxKxV: target log-probabilities (e.g. the teacher's conditionals, `targets.ar_rollout`).
+    weight_BxW: window weights (see `window_weights`).
+  Returns:
+    (scalar loss, metrics {"loss", "loss_slot{i}", "weight"}) with 1-based slots, weighted as in
+    `slot_cross_entropy`.
+  """
+  kl_BxWxK = kl_divergence(tgt_logp_BxWxKxV, logits_BxWxKxV)
+  w_BxWxK = jnp.broadcast_to(weight_BxW[..., None], kl_BxWxK.shape).astype(jnp.float32)
+  loss = jnp.sum(kl_BxWxK * w_BxWxK) / jnp.maximum(jnp.sum(w_BxWxK), 1.0)
+  metrics = {"loss": loss, "weight": jnp.sum(w_BxWxK)}
+  for i, v in enumerate(slot_means(kl_BxWxK, w_BxWxK)):
+    metrics[f"loss_slot{i + 1}"] = v
+  return loss, metrics
+
+
+def kl_divergence(p_logp_xV, q_logits_xV):
+  """KL(p || softmax(q_logits)) over the last axis, float32; p given as log-probabilities (0 log 0 = 0)."""
+  logq = jax.nn.log_softmax(q_logits_xV.astype(jnp.float32), -1)
+  p = jnp.exp(p_logp_xV)
+  return jnp.sum(jnp.where(p > 0, p * (p_logp_xV - logq), 0.0), -1)
+
+
+def slot_means(x_BxWxK, w_BxWxK):
+  """Weighted mean of x over (row, window), per slot: float32 [K]."""
+  return jnp.sum(x_BxWxK * w_BxWxK, axis=(0, 1)) / jnp.maximum(jnp.sum(w_BxWxK, axis=(0, 1)), 1.0)
 
 
 def next_token_cross_entropy(logits_BxNxV, tok_BxN, loss_mask_BxN, mask_index: int = -1) -> tuple[jax.Array, dict]:

@@ -1,17 +1,20 @@
 """Push-forward training targets (method.md §4-6), computed from a frozen teacher inside the jitted step.
 
 For a batch of data sequences tok_BxN and a student with window size k, there are W = N - k windows; window t has
-context tok[:, :t+1] and predicts the k tokens at positions t+1..t+k. Every function here returns
-(ctx_BxW, noise_BxWxK, tgt_BxWxK): the student is trained to map (ctx, noise) to tgt in one staircase pass.
+context tok[:, :t+1] and predicts the k tokens at positions t+1..t+k.
   self_forcing_from_ar     AR teacher -> k=1: tgt = teacher's inverse-CDF sample at fresh noise.
   self_forcing_doubling    k-model teacher -> 2k: tgt = the teacher's two rollout steps (staircase + double forward).
   noise_inversion          AR teacher -> any k: tgt = data tokens, noise = the teacher's inverse CDF at the data.
-All noise-to-token maps go through `inverse_cdf` (one convention everywhere).
+  ar_rollout               AR teacher -> any k: its own inverse-CDF rollout under the slot noises, with the
+                           conditional it sampled each slot from (the dense target of the KL loss).
+  pflm_rollout             k-model teacher -> 2k: `self_forcing_doubling` with the teacher's slot distributions.
+  ar_along                 the AR teacher's conditionals along given continuations (e.g. the student's own).
+All noise-to-token maps go through `inverse_cdf` / `readout` (one convention everywhere).
 """
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.distill import inverse_cdf
+from kforcing_jax.distill import inverse_cdf, readout as readout_lib
 
 
 def _windows(tok_BxN, k):
@@ -37,6 +40,74 @@ def self_forcing_from_ar(model, teacher_params, tok_BxN, noise_BxWx1, tau_B):
   return ctx_BxW, noise_BxWx1, jax.lax.stop_gradient(tgt_BxW[..., None])
 
 
+def ar_along(model, teacher_params, ctx_BxW, y_BxWxJ, tau_B):
+  """The AR teacher's log-probabilities (at temperature tau) of every window's next J + 1 positions along y.
+
+  Args:
+    model: a `KForcingLM` with the AR teacher's config.
+    teacher_params: its inner params dict.
+    ctx_BxW: data contexts.
+    y_BxWxJ: each window's continuation tokens (slot i's target conditions on y_1..y_{i-1}).
+    tau_B: temperature per row.
+  Returns:
+    float32 log-probs [B, W, J + 1, V], gradient stopped.
+  """
+  logits = model.apply({"params": teacher_params}, ctx_BxW, y_BxWxJ, method=model.prefix_logits)
+  return jax.lax.stop_gradient(jax.nn.log_softmax(logits.astype(jnp.float32) / tau_B[:, None, None, None], -1))
+
+
+def ar_rollout(model, teacher_params, ctx_BxW, noise_BxWxK, tau_B):
+  """The AR teacher's own inverse-CDF rollout of K tokens per window, and the conditional behind each token.
+
+  Slot i's token is the inverse CDF of p(. | ctx, y_1..y_{i-1}) at u_i; K staircase passes, one per slot (each
+  pass reads the tokens the previous ones fixed), every window of the batch at once.
+
+  Args:
+    model: a `KForcingLM` with the AR teacher's config.
+    teacher_params: its inner params dict.
+    ctx_BxW: data contexts.
+    noise_BxWxK: slot uniforms.
+    tau_B: temperature per row.
+  Returns:
+    (tokens int32 [B, W, K], log-probs float32 [B, W, K, V]), gradients stopped.
+  """
+  kk = noise_BxWxK.shape[-1]
+  y = jnp.zeros(noise_BxWxK.shape[:2] + (0,), jnp.int32)
+  logps = []
+  for i in range(kk):
+    logp = ar_along(model, teacher_params, ctx_BxW, y, tau_B)[:, :, i]
+    logps.append(logp)
+    y = jnp.concatenate([y, inverse_cdf.sample(logp, noise_BxWxK[..., i])[..., None]], -1)
+  return y, jnp.stack(logps, 2)
+
+
+def pflm_rollout(model, teacher_params, ctx_BxW, noise_BxWxK, tau_B, readout: str = "argmax"):
+  """A k-model's two rollout steps for a 2k student (method.md §6), with the distribution of every slot.
+
+  Args:
+    model: a `KForcingLM` with the teacher's config (k_max = k).
+    teacher_params: its inner params dict.
+    ctx_BxW: data contexts (W = N - 2k).
+    noise_BxWxK: uniforms with K = 2k: the first half drives step 1, the second step 2.
+    tau_B: temperature per row (fed to the teacher's noise encoder).
+    readout: how the teacher turns its hint logits into the tokens it feeds back ("argmax" | "sample").
+  Returns:
+    (tokens int32 [B, W, K], log-probs float32 [B, W, K, V]), gradients stopped.
+  """
+  kk = noise_BxWxK.shape[-1]
+  if kk % 2:
+    raise ValueError(f"a doubling stage needs an even student k, got {kk}")
+  half = kk // 2
+  variables = {"params": teacher_params}
+  u1, u2 = noise_BxWxK[..., :half], noise_BxWxK[..., half:]
+  logits1 = model.apply(variables, ctx_BxW, u1, tau_B, method=model.staircase)
+  y1 = readout_lib.tokens(logits1, u1, readout)
+  logits2 = model.apply(variables, ctx_BxW, y1, u2, tau_B, method=model.double_forward)
+  y2 = readout_lib.tokens(logits2, u2, readout)
+  logp = jax.nn.log_softmax(jnp.concatenate([logits1, logits2], 2).astype(jnp.float32), -1)
+  return jax.lax.stop_gradient(jnp.concatenate([y1, y2], -1)), jax.lax.stop_gradient(logp)
+
+
 def self_forcing_doubling(model, teacher_params, tok_BxN, noise_BxWxK, tau_B):
   """k-model teacher -> 2k student: the teacher rolled out twice on its own outputs (method.md §6).
 
@@ -52,17 +123,9 @@ def self_forcing_doubling(model, teacher_params, tok_BxN, noise_BxWxK, tau_B):
   Returns:
     (ctx_BxW, noise_BxWxK, tgt_BxWxK).
   """
-  kk = noise_BxWxK.shape[-1]
-  if kk % 2:
-    raise ValueError(f"a doubling stage needs an even student k, got {kk}")
-  half = kk // 2
-  ctx_BxW, _ = _windows(tok_BxN, kk)
-  variables = {"params": teacher_params}
-  logits1 = model.apply(variables, ctx_BxW, noise_BxWxK[..., :half], tau_B, method=model.staircase)
-  y1_BxWxH = jnp.argmax(logits1, -1).astype(jnp.int32)
-  logits2 = model.apply(variables, ctx_BxW, y1_BxWxH, noise_BxWxK[..., half:], tau_B, method=model.double_forward)
-  y2_BxWxH = jnp.argmax(logits2, -1).astype(jnp.int32)
-  return ctx_BxW, noise_BxWxK, jax.lax.stop_gradient(jnp.concatenate([y1_BxWxH, y2_BxWxH], -1))
+  ctx_BxW, _ = _windows(tok_BxN, noise_BxWxK.shape[-1])
+  tgt, _ = pflm_rollout(model, teacher_params, ctx_BxW, noise_BxWxK, tau_B)
+  return ctx_BxW, noise_BxWxK, tgt
 
 
 def invert_data(model, teacher_params, tok_BxN, xi_BxN, tau_B):

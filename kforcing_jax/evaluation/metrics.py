@@ -1,5 +1,13 @@
 """Fidelity and quality metrics of a push-forward student against its AR teacher.
 
+  slot_fidelity    teacher-forced on held-out contexts, fresh noise: per slot i, KL(p_i || q_i) and TV, where q_i
+                   is the student's hint softmax and p_i the teacher's conditional given the context and the
+                   tokens the student itself emitted at slots < i (its readout), i.e. the prefix its decoder
+                   really continues. That pair sets the quality of the student's samples and the acceptance rate
+                   of speculative decoding (1 - TV per slot). TV is exact for a sampled-readout student whose hint
+                   i never sees u_i; otherwise (argmax readout, or the reference layout) it is the TV to the
+                   readout's induced distribution of slot i, estimated over `tv_samples` draws of u_i. Also the KL
+                   along the teacher's own inverse-CDF rollout under the same noise (`slot_kl_teacher_rollout`).
   slot_agreement   teacher-forced on held-out contexts, shared noise: for every window t and slot i, the student's
                    hint argmax vs the teacher's sequential inverse-CDF rollout token from x<=t with the same u
                    (u of the token's absolute position). Reported per slot, and as prefix agreement (slots 1..i all
@@ -18,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kforcing_jax.decoding import ar, common
+from kforcing_jax.distill import losses, readout as readout_lib, targets
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM
 
@@ -27,6 +36,71 @@ def _staircase_argmax(cfg: ModelConfig):
   model = KForcingLM(cfg)
   return jax.jit(lambda p, ctx, noise, tau: jnp.argmax(
       model.apply({"params": p}, ctx, noise, tau, method=model.staircase), -1))
+
+
+@functools.lru_cache(maxsize=16)
+def _fidelity_fn(s_cfg: ModelConfig, t_cfg: ModelConfig, readout: str):
+  student, teacher = KForcingLM(s_cfg), KForcingLM(t_cfg)
+
+  def run(s_params, t_params, ctx, noise, tau):
+    q_logits = student.apply({"params": s_params}, ctx, noise, tau, method=student.staircase)
+    y_hat = readout_lib.tokens(q_logits, noise, readout)
+    p_logp = targets.ar_along(teacher, t_params, ctx, y_hat[..., :-1], tau)
+    _, p_teacher = targets.ar_rollout(teacher, t_params, ctx, noise, tau)
+    tv = 0.5 * jnp.sum(jnp.abs(jnp.exp(p_logp) - jax.nn.softmax(q_logits, -1)), -1)
+    return (losses.kl_divergence(p_logp, q_logits).mean((0, 1)), tv.mean((0, 1)),
+            losses.kl_divergence(p_teacher, q_logits).mean((0, 1)), jnp.exp(p_logp))
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=16)
+def _slot_tokens_fn(s_cfg: ModelConfig, readout: str, slot: int):
+  student = KForcingLM(s_cfg)
+
+  def run(s_params, ctx, noise, u_slot, tau):
+    noise = noise.at[..., slot].set(u_slot)
+    logits = student.apply({"params": s_params}, ctx, noise, tau, method=student.staircase)
+    return readout_lib.tokens(logits, noise, readout)[..., slot]
+  return jax.jit(run)
+
+
+def slot_fidelity(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, tok_BxL, k: int, readout: str,
+                  seed: int = 0, tv_samples: int = 32, tau: float = 1.0) -> dict:
+  """Per-slot KL and TV of the student against the teacher along the student's own readout (module docstring).
+
+  Args:
+    s_cfg, s_params: the push-forward student.
+    t_cfg, t_params: the AR teacher.
+    tok_BxL: held-out token sequences (no padding); every window t = 0..L-k-1 is a context.
+    k: slots (<= s_cfg.k_max).
+    readout: the student's readout ("argmax" | "sample").
+    seed: noise seed.
+    tv_samples: draws of u_i per context for the induced-distribution TV (when it is not exact).
+    tau: temperature (teacher softmax, student noise encoder).
+  Returns:
+    {"slot_kl": [K], "slot_tv": [K], "slot_tv_method": "exact" | "monte_carlo", "slot_kl_teacher_rollout": [K]}.
+  """
+  tok = jnp.asarray(tok_BxL, jnp.int32)
+  b, length = tok.shape
+  ctx = tok[:, : length - k]
+  key = jax.random.key(seed)
+  noise = jax.random.uniform(key, ctx.shape + (k,))
+  tau_B = jnp.full((b,), tau, jnp.float32)
+  kl, tv, kl_teacher, p = _fidelity_fn(s_cfg, t_cfg, readout)(s_params, t_params, ctx, noise, tau_B)
+  exact = readout == "sample" and s_cfg.hint_noise != "current"
+  if not exact:
+    tv = []
+    for i in range(k):
+      counts = np.zeros(p.shape[:2] + p.shape[-1:], np.float64)
+      fn = _slot_tokens_fn(s_cfg, readout, i)
+      for m in range(tv_samples):
+        u_i = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, i + 1), m), ctx.shape)
+        y = np.asarray(fn(s_params, ctx, noise, u_i, tau_B))
+        np.put_along_axis(counts, y[..., None], np.take_along_axis(counts, y[..., None], -1) + 1, -1)
+      tv.append(float(0.5 * np.abs(np.asarray(p[:, :, i], np.float64) - counts / tv_samples).sum(-1).mean()))
+  as_list = lambda x: [float(v) for v in np.asarray(x)]
+  return {"slot_kl": as_list(kl), "slot_tv": as_list(tv), "slot_tv_method": "exact" if exact else "monte_carlo",
+          "slot_kl_teacher_rollout": as_list(kl_teacher)}
 
 
 @functools.lru_cache(maxsize=16)

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 ATTENTION_IMPLS = ("dense", "split", "pallas")
 DTYPES = ("float32", "bfloat16")
+HINT_NOISES = ("current", "previous", "interleaved")
+NOISE_FEATURES = ("sinusoid", "ramp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,16 @@ class ModelConfig:
   rope_base: float = 10000.0
   block_q: int = 128           # pallas tile sizes
   block_k: int = 128
+  # Which noise each hint encodes. "current": hint i encodes u_i (the reference). "previous": u_{i-1}, hint 1 a
+  # learned start feature. "interleaved": 2K hints per window, D_1 S_1 D_2 S_2 ... D_K S_K: the distribution hint
+  # D_i (a learned start feature) gives slot i's logits, the decision hint S_i encodes u_i and only serves the
+  # hints after it (it can compute slot i's token from D_i and u_i; its own logits are trained to be that token).
+  # In the last two layouts slot i's distribution q_i depends on u_1..u_{i-1} only, so the inverse CDF of q_i at
+  # u_i is an exact draw from q_i (sampled readout, speculative decoding).
+  hint_noise: str = "current"
+  # Features of u in the noise encoder: "sinusoid" (the reference's, <= 1 cycle over [0, 1]) | "ramp" (a
+  # thermometer code, `layers.ramp_features`). Same parameter shapes.
+  noise_features: str = "sinusoid"
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -36,6 +48,10 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {DTYPES}")
+    if self.hint_noise not in HINT_NOISES:
+      raise ValueError(f"unknown hint_noise {self.hint_noise!r}; expected one of {HINT_NOISES}")
+    if self.noise_features not in NOISE_FEATURES:
+      raise ValueError(f"unknown noise_features {self.noise_features!r}; expected one of {NOISE_FEATURES}")
     if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
       raise ValueError(f"d_model={self.d_model} must split into {self.num_heads} heads of even size")
     if self.k_max < 0:
@@ -50,6 +66,12 @@ class ModelConfig:
   @property
   def is_pflm(self) -> bool:
     return self.k_max > 0
+
+  def hint_offsets(self, k: int) -> tuple:
+    """Position offset (from the window's last context position) of each of the hints of k slots."""
+    if self.hint_noise == "interleaved":
+      return tuple(j // 2 + 1 for j in range(2 * k))
+    return tuple(range(1, k + 1))
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)

@@ -105,8 +105,28 @@ def sinusoid_features(x, dim: int, theta: float = 10000.0):
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
 
 
+def ramp_features(x, dim: int):
+  """A thermometer code of u: sigmoid(dim * (x - c_j)) at `dim` evenly spaced thresholds c_j in (0, 1).
+
+  A threshold of u (which token's inverse-CDF interval holds it) is then one linear read-out instead of the sharp
+  nonlinearity the smooth (<= 1 cycle) sinusoid features need.
+
+  Args:
+    x: values in [0, 1] of any shape.
+    dim: number of thresholds.
+  Returns:
+    Features of shape x.shape + (dim,), float32.
+  """
+  c = (np.arange(dim, dtype=np.float32) + 0.5) / dim
+  return jax.nn.sigmoid(dim * (x.astype(jnp.float32)[..., None] - c))
+
+
 class NoiseEncoder(nn.Module):
-  """The reference's PointwiseNoiseEncoder: features of (u, tau) -> Linear -> + MLP(LayerNorm with bias, exact GELU)."""
+  """The reference's PointwiseNoiseEncoder: features of (u, tau) -> Linear -> + MLP(LayerNorm with bias, exact GELU).
+
+  Takes the K slot noises of each window and returns the hint embeddings: K of them, or 2K for the "interleaved"
+  layout (`ModelConfig.hint_noise`); in the "previous" layout the noise features are shifted by one slot.
+  """
   cfg: ModelConfig
 
   @nn.compact
@@ -116,7 +136,16 @@ class NoiseEncoder(nn.Module):
     dense = lambda feats, kaxes, name: nn.Dense(
         feats, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
         kernel_init=part(kernel_init, kaxes), bias_init=part(nn.initializers.zeros, kaxes[1:]))
-    fu = sinusoid_features(noise_BxWxK, d)
+    fu = (ramp_features if cfg.noise_features == "ramp" else sinusoid_features)(noise_BxWxK, d)
+    if cfg.hint_noise != "current":
+      start = self.param("start", part(nn.initializers.normal(stddev=0.5), ("noise_feat",)), (d,), cfg.param_dtype)
+      start = start.astype(jnp.float32)
+    if cfg.hint_noise == "previous":
+      # Hint i sees u_{i-1}; hint 1 has no earlier noise and gets the learned feature vector in its place.
+      fu = jnp.concatenate([jnp.broadcast_to(start, fu[..., :1, :].shape), fu[..., :-1, :]], -2)
+    elif cfg.hint_noise == "interleaved":
+      # D_1 S_1 ... D_K S_K: distribution hints carry the start feature, decision hint S_i carries u_i.
+      fu = jnp.stack([jnp.broadcast_to(start, fu.shape), fu], -2).reshape(fu.shape[:-2] + (-1, d))
     ft = jnp.broadcast_to(sinusoid_features(tau_B, d)[:, None, None, :], fu.shape)
     h0 = dense(d, ("noise_feat", "embed"), "combined_proj")(jnp.concatenate([fu, ft], -1).astype(cfg.dtype))
     y = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=cfg.param_dtype, name="norm",

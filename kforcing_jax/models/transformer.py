@@ -4,6 +4,7 @@ Both share the backbone parameter names, so an AR teacher's params are a subtree
 reference's weight transfer (method.md §6) is a dict merge. Methods:
   __call__        AR full forward                         tok_BxN -> logits_BxNxV
   staircase       push-forward training forward            (ctx_BxW, noise_BxWxK, tau_B) -> logits_BxWxKxV
+  prefix_logits   AR logits along given continuations      (ctx_BxW, y_BxWxJ) -> logits_BxWx(J+1)xV
   double_forward  the k->2k teacher's second pass          (ctx_BxW, y1_BxWxK, noise2_BxWxK, tau_B) -> logits_BxWxKxV
   decode          one cached decode step (AR or push-forward), ragged rows
 """
@@ -36,6 +37,13 @@ def _decode_attend(q, k, v, layer_cache, *, start_B, kv_len_B, pos_BxQ, n_ctx, i
   kh, vh = (k[:, n_ctx:], v[:, n_ctx:]) if q.shape[1] > n_ctx else (None, None)
   o = attention.decode_attention(q, pos_BxQ, kc, vc, kv_len_B, n_ctx, kh, vh, impl=impl)
   return o, (kc, vc)
+
+
+def _slot_rows(cfg: ModelConfig, x, axis: int):
+  # The slot hints among all hints: every other one (D_1, D_2, ...) in the "interleaved" layout.
+  if cfg.hint_noise != "interleaved":
+    return x
+  return jax.lax.slice_in_dim(x, 0, x.shape[axis], 2, axis)
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> dict:
@@ -112,13 +120,18 @@ class KForcingLM(nn.Module):
     return self._logits(x)
 
   # ---- push-forward training ----
-  def staircase_from_hints(self, ctx_BxW, hint_BxWxKxD, deterministic: bool = True, return_ctx_logits=False):
-    """Staircase forward with given hint embeddings (noise hints, or real tokens for the double forward)."""
+  def staircase_from_hints(self, ctx_BxW, hint_BxWxKxD, deterministic: bool = True, return_ctx_logits=False,
+                           offsets=None):
+    """Staircase forward with given hint embeddings (noise hints, or real tokens for the double forward).
+
+    Hint j of window t sits at position t + offsets[j] (default: t + j + 1); returns logits of every hint.
+    """
     b, w = ctx_BxW.shape
     kk = hint_BxWxKxD.shape[2]
-    self._check_len(w + kk)
+    offsets = tuple(range(1, kk + 1)) if offsets is None else tuple(offsets)
+    self._check_len(w + max(offsets))
     x = jnp.concatenate([self.embed(ctx_BxW), hint_BxWxKxD.reshape(b, w * kk, -1).astype(self.cfg.dtype)], 1)
-    pos_h = (jnp.arange(w)[:, None] + jnp.arange(1, kk + 1)[None, :]).reshape(-1)
+    pos_h = (jnp.arange(w)[:, None] + jnp.asarray(offsets)[None, :]).reshape(-1)
     pos = jnp.broadcast_to(jnp.concatenate([jnp.arange(w), pos_h]), (b, w + w * kk))
     attend = functools.partial(_staircase_attend, w=w, kk=kk, impl=self.cfg.attention_impl,
                                block_q=self.cfg.block_q, block_k=self.cfg.block_k)
@@ -128,7 +141,8 @@ class KForcingLM(nn.Module):
       return hint_logits, self._logits(x[:, :w])
     return hint_logits
 
-  def staircase(self, ctx_BxW, noise_BxWxK, tau_B, deterministic: bool = True, return_ctx_logits=False):
+  def staircase(self, ctx_BxW, noise_BxWxK, tau_B, deterministic: bool = True, return_ctx_logits=False,
+                return_decision_logits=False):
     """Push-forward training forward (the reference's global staircase mask).
 
     Args:
@@ -137,12 +151,39 @@ class KForcingLM(nn.Module):
       tau_B: temperature fed to the noise encoder.
       deterministic: no dropout when True.
       return_ctx_logits: also return the context stream's next-token logits [B, W, V].
+      return_decision_logits: also return the decision hints' logits [B, W, K, V] ("interleaved" layout).
     Returns:
-      Hint logits [B, W, K, V] (float32), and the context logits if asked.
+      Slot logits [B, W, K, V] (float32), and the context or decision logits if asked.
     """
-    self._check_k(noise_BxWxK.shape[-1])
+    kk = noise_BxWxK.shape[-1]
+    self._check_k(kk)
+    if return_decision_logits and (return_ctx_logits or self.cfg.hint_noise != "interleaved"):
+      raise ValueError("decision logits exist only for hint_noise='interleaved', without context logits")
     hints = self.encode_hints(noise_BxWxK, tau_B)
-    return self.staircase_from_hints(ctx_BxW, hints, deterministic, return_ctx_logits)
+    out = self.staircase_from_hints(ctx_BxW, hints, deterministic, return_ctx_logits, self.cfg.hint_offsets(kk))
+    logits, ctx = (out, None) if not return_ctx_logits else out
+    slots = _slot_rows(self.cfg, logits, 2)
+    if return_decision_logits:
+      return slots, logits[:, :, 1::2]
+    return slots if not return_ctx_logits else (slots, ctx)
+
+  def prefix_logits(self, ctx_BxW, y_BxWxJ):
+    """Next-token logits of every window along given continuations, in one staircase pass (AR path).
+
+    Window t's continuation y_1..y_J sits at positions t+1..t+J as real tokens; no noise encoder is used, so this
+    works for an AR teacher as well as a push-forward LM's context stream.
+
+    Args:
+      ctx_BxW: data contexts (window t has context tok[:t+1]).
+      y_BxWxJ: continuation tokens of each window (J >= 0).
+    Returns:
+      Logits [B, W, J + 1, V]: slot i (0-based) predicts position t+1+i given the context and y_1..y_i.
+    """
+    b, w = ctx_BxW.shape
+    if y_BxWxJ.shape[-1] == 0:
+      return self(ctx_BxW)[:, :, None]
+    hint_logits, ctx_logits = self.staircase_from_hints(ctx_BxW, self.embed(y_BxWxJ), True, True)
+    return jnp.concatenate([ctx_logits[:, :, None], hint_logits], 2)
 
   def double_forward(self, ctx_BxW, y1_BxWxK, noise2_BxWxK, tau_B):
     """The k-model's second rollout step for every window at once (method.md §6, step 3).
@@ -155,11 +196,13 @@ class KForcingLM(nn.Module):
     Returns:
       Logits [B, W, K, V] of the second step's hints.
     """
-    kk = y1_BxWxK.shape[-1]
+    kk, k2 = y1_BxWxK.shape[-1], noise2_BxWxK.shape[-1]
     self._check_k(kk)
-    self._check_k(noise2_BxWxK.shape[-1])
+    self._check_k(k2)
     hints = jnp.concatenate([self.embed(y1_BxWxK), self.encode_hints(noise2_BxWxK, tau_B)], 2)
-    return self.staircase_from_hints(ctx_BxW, hints, True)[:, :, kk:]
+    offsets = tuple(range(1, kk + 1)) + tuple(kk + o for o in self.cfg.hint_offsets(k2))
+    logits = self.staircase_from_hints(ctx_BxW, hints, True, offsets=offsets)[:, :, kk:]
+    return _slot_rows(self.cfg, logits, 2)
 
   # ---- decoding ----
   def decode(self, tok_BxT, n_new_B, cache, noise_BxK: Optional[jax.Array] = None, tau_B=None,
@@ -190,13 +233,15 @@ class KForcingLM(nn.Module):
       self._check_k(kk)
       hints = self.encode_hints(noise_BxK[:, None, :], tau_B)[:, 0]
       x = jnp.concatenate([x, hints.astype(x.dtype)], 1)
-      pos = jnp.concatenate([pos, kv_len[:, None] - 1 + jnp.arange(1, kk + 1)[None, :]], 1)
+      pos = jnp.concatenate([pos, kv_len[:, None] - 1 + jnp.asarray(self.cfg.hint_offsets(kk))[None, :]], 1)
     attend = functools.partial(_decode_attend, start_B=start, kv_len_B=kv_len, pos_BxQ=pos, n_ctx=t,
                                impl=self.cfg.attention_impl)
     states = list(zip(cache["k"], cache["v"]))
     x, new_states = self._run(x, pos, attend, states, True)
     new_cache = {"k": [s[0] for s in new_states], "v": [s[1] for s in new_states], "len": kv_len}
-    hint_logits = self._logits(x[:, t:]) if noise_BxK is not None else None
+    hint_logits = None
+    if noise_BxK is not None:  # only the slot hints get the head (not the decision hints)
+      hint_logits = self._logits(_slot_rows(self.cfg, x[:, t:], 1))
     if ctx_logits == "all":
       out = self._logits(x[:, :t])
     elif ctx_logits == "last":

@@ -4,9 +4,14 @@ Fields of the base config (every one can be overridden with --config.FIELD=VALUE
   stage             "ar" (AR teacher) | "pflm" (push-forward student)
   k                 pflm: the student's window (1 from an AR teacher, 2k from a k-model teacher)
   targets           pflm: "self_forcing" | "noise_inversion"
+  loss              pflm: "ce" (against target tokens, the reference) | "kl" (dense, against target conditionals)
+  readout           pflm: "argmax" (the reference) | "sample" (inverse CDF of the hint softmax at u); recorded in meta
+  rollout           pflm: "teacher" (targets along the teacher's own rollout) | "student" (along the student's readout)
+  target_teacher    pflm: "previous" (the teacher_workdir model) | "ar" (the AR teacher at the root of the chain)
+  ar_teacher_workdir  pflm, target_teacher=ar: the AR teacher (default: found through the teachers' meta)
+  tau_range         pflm: [min, max] of the per-row tau (uniform); [1, 1] = fixed tau 1 (the reference)
   teacher_workdir   pflm: the teacher's workdir (its tokenizer is reused)
   init_workdir      ar: start from these params instead of scratch (ignored when resuming)
-  tau               temperature fed to the noise encoder and used for the teacher's inverse CDF (1.0)
   seed              params init, noises, data order
   model             `ModelConfig` fields except k_max (set from stage / k)
   data              the data block (kforcing_jax/data/corpora.py documents its fields)
@@ -73,9 +78,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage = "ar"
   c.k = 1
   c.targets = "self_forcing"
+  # The distillation objective (distill/objectives.py); the defaults are the reference's recipe.
+  c.loss = "ce"
+  c.readout = "argmax"
+  c.rollout = "teacher"
+  c.target_teacher = "previous"
+  c.ar_teacher_workdir = ""
+  c.tau_range = [1.0, 1.0]
   c.teacher_workdir = ""
   c.init_workdir = ""
-  c.tau = 1.0
   c.seed = 0
   model = ModelConfig().to_dict()
   model.pop("k_max")

@@ -3,6 +3,7 @@
 The state is a dict {"params", "opt_state", "step", "rng"} (rng: raw uint32 key data, so it checkpoints as an
 array). The frozen teacher is a separate params pytree sharded like the student and never checkpointed with it.
 """
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,13 +67,16 @@ def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
   return state, shardings, abstract
 
 
-def check_teacher(teacher_workdir: str, student: ModelConfig, targets: str) -> tuple[ModelConfig, dict]:
+def check_teacher(teacher_workdir: str, student: ModelConfig, targets: str,
+                  target_teacher: str = "previous") -> tuple[ModelConfig, dict]:
   """Checks (from its meta only) that a teacher fits the student; cheap, so it runs before anything else.
 
   Args:
     teacher_workdir: a workdir holding an AR or push-forward checkpoint.
     student: the student's model config (k_max = its k).
     targets: "self_forcing" or "noise_inversion".
+    target_teacher: "previous" (the targets come from this teacher: k must double its k) or "ar" (it only
+      initialises the student; the targets come from the AR teacher, so any k is allowed).
   Returns:
     (the teacher's ModelConfig with the student's computation settings, the teacher's meta).
   Raises:
@@ -90,13 +94,35 @@ def check_teacher(teacher_workdir: str, student: ModelConfig, targets: str) -> t
     raise BadInputError(f"teacher in {teacher_workdir} does not match the student config ({'; '.join(bad)})")
   tk = int(tmodel.get("k_max", 0))
   k = student.k_max
+  if target_teacher == "ar":
+    if tk > k:
+      raise BadInputError(f"teacher in {teacher_workdir} has k={tk} > the student's k={k}")
+    return student.replace(k_max=tk, hint_noise=tmodel.get("hint_noise", "current")), meta
   if targets == "noise_inversion" and tk != 0:
     raise BadInputError(f"noise_inversion needs an AR teacher; {teacher_workdir} is a k={tk} push-forward model")
   if targets == "self_forcing" and tk == 0 and k != 1:
     raise BadInputError(f"self-forcing from an AR teacher trains k=1, got k={k} (distill 1 -> 2 -> 4 in stages)")
   if targets == "self_forcing" and tk > 0 and k != 2 * tk:
     raise BadInputError(f"k={k} is not a doubling of the teacher's k={tk} (a k -> 2k stage needs k={2 * tk})")
-  return student.replace(k_max=tk), meta
+  return student.replace(k_max=tk, hint_noise=tmodel.get("hint_noise", "current")), meta
+
+
+def resolve_ar_teacher(workdir: str, max_hops: int = 8) -> str:
+  """The AR teacher at the root of a distillation chain: `workdir` itself if it is AR, else the workdir its meta
+  names (ar_teacher_workdir, then teacher_workdir), followed up to `max_hops` times. Raises BadInputError."""
+  seen = []
+  for _ in range(max_hops):
+    try:
+      _, meta = checkpoint.read_meta(workdir)
+    except checkpoint.CheckpointError as e:
+      raise BadInputError(f"resolving the AR teacher: {e}") from e
+    if int(meta.get("model", {}).get("k_max", 0)) == 0:
+      return workdir
+    seen.append(workdir)
+    workdir = meta.get("ar_teacher_workdir") or meta.get("teacher_workdir")
+    if not workdir:
+      break
+  raise BadInputError(f"no AR teacher found along the chain {seen}; set --config.ar_teacher_workdir")
 
 
 def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
@@ -121,5 +147,7 @@ def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
 def transfer(student_params, teacher_params, shardings):
   """The student's init (method.md §6): every teacher tensor copied, the rest (an AR teacher has no noise
   encoder) kept fresh. Copies, so donating the student never frees the teacher's buffers."""
-  merged = {**student_params, **teacher_params}
+  flat = flax.traverse_util.flatten_dict(student_params)
+  flat.update({k: v for k, v in flax.traverse_util.flatten_dict(teacher_params).items() if k in flat})
+  merged = flax.traverse_util.unflatten_dict(flat)
   return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(merged)

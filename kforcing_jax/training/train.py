@@ -34,7 +34,7 @@ import optax
 from absl import logging
 
 from kforcing_jax.distill import losses
-from kforcing_jax.distill import targets as targets_lib
+from kforcing_jax.distill import objectives
 from kforcing_jax.models import KForcingLM
 from kforcing_jax.training import checkpoint, inputs, optim, sharding
 from kforcing_jax.training import state as state_lib
@@ -42,7 +42,7 @@ from kforcing_jax.training.metrics_writer import MetricsWriter
 from kforcing_jax.training.state import BadInputError
 
 STAGES = ("ar", "pflm")
-TARGETS = ("self_forcing", "noise_inversion")
+TARGET_TEACHERS = ("previous", "ar")
 
 
 class DivergedError(FloatingPointError):
@@ -54,8 +54,9 @@ def validate_config(config: ml_collections.ConfigDict):
   if config.stage not in STAGES:
     raise BadInputError(f"unknown stage {config.stage!r}; expected one of {STAGES}")
   if config.stage == "pflm":
-    if config.targets not in TARGETS:
-      raise BadInputError(f"unknown targets {config.targets!r}; expected one of {TARGETS}")
+    objective(config)  # enum fields and tau_range
+    if config.target_teacher not in TARGET_TEACHERS:
+      raise BadInputError(f"unknown target_teacher {config.target_teacher!r}; expected one of {TARGET_TEACHERS}")
     if int(config.k) < 1:
       raise BadInputError(f"k must be >= 1 for stage pflm, got {config.k}")
     if not config.teacher_workdir:
@@ -103,22 +104,17 @@ def _check_workdir(workdir, stage, mcfg, k):
   return meta
 
 
-def _pflm_inputs(teacher_model, teacher_params, tok_BxN, key, *, k, targets, tau):
-  b, n = tok_BxN.shape
-  tau_B = jnp.full((b,), tau, jnp.float32)
-  if targets == "noise_inversion":
-    xi_BxN = jax.random.uniform(key, (b, n))
-    ctx, noise, tgt = targets_lib.noise_inversion(teacher_model, teacher_params, tok_BxN, xi_BxN, tau_B, k)
-    return ctx, noise, tgt, tau_B
-  noise_BxWxK = jax.random.uniform(key, (b, n - k, k))
-  if teacher_model.cfg.k_max == 0:
-    ctx, noise, tgt = targets_lib.self_forcing_from_ar(teacher_model, teacher_params, tok_BxN, noise_BxWxK, tau_B)
-  else:
-    ctx, noise, tgt = targets_lib.self_forcing_doubling(teacher_model, teacher_params, tok_BxN, noise_BxWxK, tau_B)
-  return ctx, noise, tgt, tau_B
+def objective(config, teacher_readout: str = "argmax", mask_index: int = -1) -> objectives.Objective:
+  """The stage's distillation objective from the config (distill/objectives.py). Raises BadInputError."""
+  try:
+    return objectives.Objective(k=int(config.k), loss=config.loss, readout=config.readout, rollout=config.rollout,
+                                targets=config.targets, teacher_readout=teacher_readout,
+                                tau_range=tuple(float(t) for t in config.tau_range), mask_index=mask_index)
+  except (TypeError, ValueError) as e:
+    raise BadInputError(str(e)) from e
 
 
-def make_loss_fn(config, model, teacher_model):
+def make_loss_fn(config, model, teacher_model, obj=None):
   """loss(params, teacher_params, batch, key, train) -> (loss, metrics) for the configured stage."""
   mask_index = model.cfg.mask_index
   use_dropout = model.cfg.dropout_rate > 0
@@ -132,11 +128,8 @@ def make_loss_fn(config, model, teacher_model):
     if config.stage == "ar":
       logits = model.apply({"params": params}, tok, **kw)
       return losses.next_token_cross_entropy(logits, tok, loss_mask, mask_index)
-    k = int(config.k)
-    ctx, noise, tgt, tau_B = _pflm_inputs(teacher_model, teacher_params, tok, k_targets, k=k,
-                                          targets=config.targets, tau=float(config.tau))
-    logits = model.apply({"params": params}, ctx, noise, tau_B, method=model.staircase, **kw)
-    return losses.slot_cross_entropy(logits, tgt, losses.window_weights(loss_mask, k), mask_index)
+    return objectives.pflm_loss(obj or objective(config, mask_index=mask_index), model, params, teacher_model,
+                                teacher_params, tok, loss_mask, k_targets, **kw)
 
   return loss_fn
 
@@ -195,7 +188,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise BadInputError(f"{'teacher_workdir' if stage == 'pflm' else 'init_workdir'} {source} has no "
                         "checkpoints/ (train it first)")
   if stage == "pflm":
-    tcfg, _ = state_lib.check_teacher(source, mcfg, config.targets)
+    tcfg, tmeta = state_lib.check_teacher(source, mcfg, config.targets, config.target_teacher)
+    target_dir, target_cfg, target_meta = source, tcfg, tmeta
+    if config.target_teacher == "ar" and tcfg.k_max > 0:
+      target_dir = state_lib.resolve_ar_teacher(config.ar_teacher_workdir or source)
+      target_cfg, target_meta = state_lib.check_teacher(target_dir, mcfg, config.targets, "ar")
+    obj = objective(config, target_meta.get("readout") or "argmax", mcfg.mask_index)
+    try:
+      objectives.check_teacher(obj, target_cfg.k_max)
+    except ValueError as e:
+      raise BadInputError(f"target teacher {target_dir}: {e}") from e
 
   # ---- tokenizer and data ----
   tokenizer = inputs.tokenizer_for_run(config, workdir, source, resuming=resume_meta is not None)
@@ -210,10 +212,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx, schedule = optim.make_optimizer(config.optim, int(config.num_steps))
   state, state_sh, abstract_state = state_lib.init_state(mcfg, tx, mesh, rules, int(config.seed))
   param_sh = state_sh["params"]
-  teacher_model, teacher_params, teacher_sh = None, None, None
+  teacher_model, teacher_params, teacher_sh, init_params = None, None, None, None
   if stage == "pflm":
-    teacher_params = state_lib.load_teacher(source, tcfg, param_sh)
-    teacher_model, teacher_sh = KForcingLM(tcfg), {n: param_sh[n] for n in teacher_params}
+    # The student starts from `source`; the targets come from `target_dir` (the same model unless
+    # target_teacher=ar skips to the AR teacher at the root of the chain).
+    init_params = state_lib.load_teacher(source, tcfg, param_sh)
+    teacher_params = init_params if target_dir == source else state_lib.load_teacher(target_dir, target_cfg,
+                                                                                     param_sh)
+    teacher_model, teacher_sh = KForcingLM(target_cfg), {n: param_sh[n] for n in teacher_params}
   mngr = checkpoint.manager(workdir, max_to_keep=int(config.keep_checkpoints))
   if resume_meta is not None:
     train_items = {n: abstract_state[n] for n in ("opt_state", "step", "rng")}
@@ -226,15 +232,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     start = 0
     if stage == "pflm":
-      state["params"] = state_lib.transfer(state["params"], teacher_params, param_sh)
+      state["params"] = state_lib.transfer(state["params"], init_params, param_sh)
     elif config.init_workdir:
       _, out = checkpoint.restore(config.init_workdir, abstract_params=abstract_state["params"])
       state["params"] = state_lib.transfer(state["params"], out["params"], param_sh)
   meta = {"model": mcfg.to_dict(), "tokenizer": tokenizer.spec, "config": config.to_dict(), "stage": stage,
-          "k": k, "teacher_workdir": config.teacher_workdir if stage == "pflm" else ""}
+          "k": k, "teacher_workdir": config.teacher_workdir if stage == "pflm" else "",
+          "readout": config.readout if stage == "pflm" else "", "ar_teacher_workdir":
+          (target_dir if stage == "pflm" and target_cfg.k_max == 0 else "")}
 
   # ---- jitted steps (explicit shardings, state donated) ----
-  loss_fn = make_loss_fn(config, model, teacher_model)
+  loss_fn = make_loss_fn(config, model, teacher_model, obj if stage == "pflm" else None)
   batch_sh = {n: sharding.batch_sharding(mesh, rules, 2) for n in ("tokens", "loss_mask")}
   repl = sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(loss_fn, tx, schedule), in_shardings=(state_sh, teacher_sh, batch_sh),

@@ -1,0 +1,34 @@
+"""How a push-forward LM's hint logits become tokens.
+
+  "argmax"  the reference: y_i = argmax of hint i's logits (the push-forward map is deterministic given u).
+  "sample"  y_i = the sorted inverse CDF of hint i's own softmax at u_i (`inverse_cdf.sample`). With
+            `ModelConfig.hint_noise == "previous"` hint i never sees u_i, so y_i is an exact draw from q_i, the
+            distribution the student reports: what speculative decoding and the KL loss rely on.
+"""
+import jax.numpy as jnp
+
+from kforcing_jax.distill import inverse_cdf
+
+READOUTS = ("argmax", "sample")
+
+
+def check(readout: str) -> str:
+  """Returns `readout` if it is a known readout, else raises ValueError with the known names."""
+  if readout not in READOUTS:
+    raise ValueError(f"unknown readout {readout!r}; expected one of {READOUTS}")
+  return readout
+
+
+def tokens(logits_xKxV, u_xK, readout: str):
+  """Tokens of hint logits under a readout.
+
+  Args:
+    logits_xKxV: hint logits [..., K, V].
+    u_xK: the slots' uniforms [..., K] (read by "sample" only).
+    readout: "argmax" | "sample".
+  Returns:
+    int32 tokens [..., K].
+  """
+  if check(readout) == "argmax":
+    return jnp.argmax(logits_xKxV, -1).astype(jnp.int32)
+  return inverse_cdf.sample(logits_xKxV, u_xK)
