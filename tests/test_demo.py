@@ -22,6 +22,10 @@ def test_demo_quick_and_resume(tmp_path):
     # A 20-step smoke run learns little: only ranges are checked, not quality.
     assert s["gen_ppl"] >= 1 and s["entropy"] >= 0 and 0 <= s["slot_agreement"] <= 1, (name, s)
     assert s["tokens_per_s"] > 0 and s["speedup"] > 0, (name, s)
+  for name, k in (("k2", 2), ("k4", 4)):
+    s = summary[name]
+    assert len(s["slot_kl"]) == k and all(v >= 0 for v in s["slot_kl"]), s
+    assert 1 <= s["speculative_tokens_per_pass"] <= k + 1 and 1 <= s["verify_tokens_per_pass"] <= k + 1, s
   for png in ("speedup.png", "slot_agreement.png"):
     assert os.path.exists(os.path.join(out, png))
   # A rerun resumes: every stage is skipped and the cached evaluation / benchmark are reused.

@@ -49,6 +49,8 @@ class Settings:
   hint_noise: str = "previous"
   noise_features: str = "sinusoid"
   noise_encoder_lr_mult: float = 1.0
+  decision_weight: float = 1.0
+  ema_decay: float = 0.0           # > 0: evaluate and keep an EMA of the student's params
   eval_every: int = 50
   eval_seqs: int = 32
   decode_rows: int = 64
@@ -86,26 +88,32 @@ def _config(s: Settings, k: int) -> ModelConfig:
                      noise_features=s.noise_features)
 
 
-def _fit(loss_fn, params, steps, lr, key, log, eval_fn=None, eval_every=0, enc_mult=1.0):
+def _fit(loss_fn, params, steps, lr, key, log, eval_fn=None, eval_every=0, enc_mult=1.0, ema_decay=0.0):
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), steps, lr * 0.1))
   if enc_mult != 1.0:
     labels = {n: jax.tree.map(lambda _: "enc" if n == "noise_encoder" else "rest", v) for n, v in params.items()}
     tx = optax.chain(tx, optax.multi_transform({"enc": optax.scale(enc_mult), "rest": optax.identity()}, labels))
   opt = tx.init(params)
+  ema = optax.ema(ema_decay, debias=True) if ema_decay else None
+  ema_state = ema.init(params) if ema else None
 
   @jax.jit
-  def step(params, opt, key):
+  def step(params, opt, ema_state, key):
     (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, key)
     upd, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, upd), opt, m
+    params = optax.apply_updates(params, upd)
+    if ema is None:
+      return params, opt, ema_state, params
+    avg, ema_state = ema.update(params, ema_state)
+    return params, opt, ema_state, avg
 
-  curve = []
+  curve, kept = [], params
   for i in range(1, steps + 1):
-    params, opt, m = step(params, opt, jax.random.fold_in(key, i))
+    params, opt, ema_state, kept = step(params, opt, ema_state, jax.random.fold_in(key, i))
     if eval_fn is not None and (i % eval_every == 0 or i == steps):
-      curve.append({"step": i, **eval_fn(params)})
+      curve.append({"step": i, **eval_fn(kept)})
       log(f"  step {i}: {curve[-1]}")
-  return params, curve
+  return kept, curve
 
 
 def fit_teacher(s: Settings, trans: np.ndarray, log=print):
@@ -140,7 +148,8 @@ def distill_stage(s: Settings, trans, k: int, teacher, init, steps: int, log=pri
   t_cfg, t_params = teacher
   cfg = _config(s, k)
   model, t_model = KForcingLM(cfg), KForcingLM(t_cfg)
-  obj = objectives.Objective(k=k, loss=s.loss, readout=s.readout, rollout=s.rollout)
+  obj = objectives.Objective(k=k, loss=s.loss, readout=s.readout, rollout=s.rollout,
+                             decision_weight=s.decision_weight)
   params = _transfer(init_params(cfg, jax.random.key(s.seed + 10 + k)), init)
   ones = jnp.ones((s.batch, s.seq_len))
 
@@ -153,7 +162,7 @@ def distill_stage(s: Settings, trans, k: int, teacher, init, steps: int, log=pri
   fid = lambda p: metrics.slot_fidelity(cfg, p, t_cfg, t_params, held, k, s.readout, seed=s.seed + 7)
   params, curve = _fit(loss_fn, params, steps, s.distill_lr, jax.random.key(s.seed + 20 + k), log,
                        lambda p: {n: fid(p)[n] for n in ("slot_kl", "slot_tv")}, s.eval_every,
-                       s.noise_encoder_lr_mult)
+                       s.noise_encoder_lr_mult, s.ema_decay)
   return cfg, params, curve
 
 

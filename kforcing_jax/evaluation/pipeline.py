@@ -16,6 +16,7 @@ STAGES = (("ar", "stage=ar", None), ("k1", "stage=pflm,k=1", "ar"), ("k2", "stag
           ("k4", "stage=pflm,k=4", "k2"))
 QUICK_MODEL = dict(num_layers=2, d_model=128, num_heads=4, mlp_dim=256)
 SUMMARY_KEYS = ("gen_ppl", "entropy", "slot_agreement", "tokens_per_s", "speedup")
+STUDENT_KEYS = ("slot_kl", "speculative_tokens_per_pass", "verify_tokens_per_pass")
 
 
 def _config_module():
@@ -98,7 +99,9 @@ def summarize(evals: dict, bench: dict, batch: int) -> dict:
                  "gen_ppl_penalty": ev["student_penalty"]["gen_ppl"],
                  "entropy_penalty": ev["student_penalty"]["entropy"],
                  "slot_agreement_per_slot": ev["slot_agreement"],
-                 "verify_tokens_per_pass": ev["verify"]["tokens_per_pass"]}
+                 "verify_tokens_per_pass": ev["verify"]["tokens_per_pass"],
+                 "speculative_tokens_per_pass": ev["speculative"]["tokens_per_pass"],
+                 "slot_kl": ev["slot_kl"], "slot_tv": ev["slot_tv"], "readout": ev["readout"]}
   out["settings"] = {"batch_size": batch, "ar_baseline": base, "num_tokens_eval": evals["k4"]["num_tokens"],
                      "num_samples": evals["k4"]["num_samples"]}
   return out
@@ -106,10 +109,14 @@ def summarize(evals: dict, bench: dict, batch: int) -> dict:
 
 def table(summary: dict) -> str:
   """The demo's closing table (markdown)."""
-  rows = ["| model | gen-PPL (teacher) | entropy | slot agreement | tokens/s | speed-up |", "|---|---|---|---|---|---|"]
+  rows = ["| model | gen-PPL (teacher) | entropy | slot KL | tokens/pass speculative / verify | slot agreement "
+          "| tokens/s | speed-up |", "|---|---|---|---|---|---|---|---|"]
   for name in ("teacher", "k2", "k4"):
     s = summary[name]
-    rows.append(f"| {name} | {s['gen_ppl']:.2f} | {s['entropy']:.3f} | {s['slot_agreement']:.3f} | "
+    kl = " ".join(f"{v:.2f}" for v in s["slot_kl"]) if "slot_kl" in s else "-"
+    tpp = (f"{s['speculative_tokens_per_pass']:.2f} / {s['verify_tokens_per_pass']:.2f}"
+           if "speculative_tokens_per_pass" in s else "1 / 1")
+    rows.append(f"| {name} | {s['gen_ppl']:.2f} | {s['entropy']:.3f} | {kl} | {tpp} | {s['slot_agreement']:.3f} | "
                 f"{s['tokens_per_s']:.0f} | {s['speedup']:.2f}x |")
   return "\n".join(rows)
 

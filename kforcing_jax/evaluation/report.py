@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kforcing_jax.decoding import ar, common, pflm, verify
+from kforcing_jax.decoding import ar, common, pflm, speculative, verify
+from kforcing_jax.distill import readout as readout_lib
 from kforcing_jax.evaluation import metrics
 
 # The reference's recommended penalties for LM1B (method.md §3), by K.
@@ -40,7 +41,8 @@ def _chunks(docs, length: int, count: int) -> np.ndarray:
 
 def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16, prompt_len: int = 6,
              num_tokens: Optional[int] = None, freq_penalty: Optional[float] = None, seed: int = 0,
-             agreement_seqs: int = 8, agreement_len: int = 64, texts: Optional[Sequence[str]] = None) -> dict:
+             agreement_seqs: int = 8, agreement_len: int = 64, texts: Optional[Sequence[str]] = None,
+             readout: Optional[str] = None) -> dict:
   """Fidelity + quality of `student` (a LoadedModel) against `teacher` (a LoadedModel, AR).
 
   Args:
@@ -53,6 +55,7 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
     seed: noise seed shared by every decoder.
     agreement_seqs, agreement_len: held-out sequences for slot agreement.
     texts: held-out texts (default: the student's data config's validation split).
+    readout: the student's readout, "argmax" | "sample" (default: the one it was trained for, from its meta).
   Returns:
     A JSON-able dict (see the module docstring).
   """
@@ -71,7 +74,9 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
   docs = held_out_tokens(student, max(64, num_samples), texts)
   agreement_len = min(agreement_len, seq_len, s_cfg.max_len)
   seqs = _chunks(docs, agreement_len, agreement_seqs)
+  readout = readout_lib.check(readout or student.meta.get("readout", "argmax"))
   slot, prefix = metrics.slot_agreement(s_cfg, student.params, t_cfg, teacher.params, seqs, k, seed)
+  fidelity = metrics.slot_fidelity(s_cfg, student.params, t_cfg, teacher.params, seqs, k, readout, seed)
 
   prompts = [list(map(int, r)) for r in _chunks(docs, prompt_len, num_samples)]
   common.check_request(s_cfg, [prompt_len], num_tokens, k, 1.0, lam)
@@ -79,14 +84,21 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
   tok, plen = common.pad_prompts(prompts)
   tok, plen = jnp.asarray(tok), jnp.asarray(plen)
   t_gen = ar.decoder(t_cfg, num_tokens)(teacher.params, tok, plen, seed, 1.0, 0)
-  s_gen = pflm.decoder(s_cfg, k, num_tokens)(student.params, tok, plen, seed, 1.0, 0.0, 0)
-  p_gen = pflm.decoder(s_cfg, k, num_tokens, True)(student.params, tok, plen, seed, 1.0, lam, 0)
-  v_gen, passes = verify.decoder(s_cfg, t_cfg, k, num_tokens)(student.params, teacher.params, tok, plen, seed, 1.0,
-                                                              0)
-  out = {"k": k, "num_samples": len(prompts), "num_tokens": num_tokens, "prompt_len": prompt_len,
-         "freq_penalty": lam, "seed": seed, "slot_agreement": slot, "prefix_agreement": prefix,
-         "verify": {"tokens_per_pass": float(np.asarray(v_gen).size / np.sum(np.asarray(passes))),
-                    "matches_teacher": float(np.mean(np.asarray(v_gen) == np.asarray(t_gen)))}}
+  s_gen = pflm.decoder(s_cfg, k, num_tokens, readout=readout)(student.params, tok, plen, seed, 1.0, 0.0, 0)
+  p_gen = pflm.decoder(s_cfg, k, num_tokens, True, readout=readout)(student.params, tok, plen, seed, 1.0, lam, 0)
+  v_gen, passes = verify.decoder(s_cfg, t_cfg, k, num_tokens, readout)(student.params, teacher.params, tok, plen,
+                                                                       seed, 1.0, 0)
+  _, s_passes, accepted = speculative.decoder(s_cfg, t_cfg, k, num_tokens)(student.params, teacher.params, tok,
+                                                                            plen, seed, 1.0, 0)
+  n_out = float(np.asarray(v_gen).size)
+  out = {"k": k, "readout": readout, "num_samples": len(prompts), "num_tokens": num_tokens,
+         "prompt_len": prompt_len, "freq_penalty": lam, "seed": seed, **fidelity,
+         "slot_agreement": slot, "prefix_agreement": prefix,
+         "verify": {"tokens_per_pass": n_out / float(np.sum(np.asarray(passes))),
+                    "matches_teacher": float(np.mean(np.asarray(v_gen) == np.asarray(t_gen)))},
+         "speculative": {"tokens_per_pass": n_out / float(np.sum(np.asarray(s_passes))),
+                         "draft_acceptance": float(np.sum(np.asarray(accepted))) /
+                                             (k * float(np.sum(np.asarray(s_passes))))}}
   for name, gen in (("teacher", t_gen), ("student", s_gen), ("student_penalty", p_gen)):
     out[name] = metrics.sample_metrics(t_cfg, teacher.params, prompts, gen)
   out["examples"] = {name: student.tokenizer.decode([int(x) for x in np.asarray(gen)[0]])
