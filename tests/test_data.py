@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from kforcing_jax.data import corpora, pipeline
 from kforcing_jax.data import tokenizers as T
 from kforcing_jax.data.corpora import DataError
-from kforcing_jax.training import checkpoint
+from kforcing_jax import workdir as checkpoint
 
 _BYTES = T.BytesTokenizer(vocab_multiple=8)
 
@@ -247,9 +247,9 @@ def test_iterator_state_in_orbax_checkpoint(local_cfg, tmp_path):
   it = iter(_ds(local_cfg))
   for _ in range(3):
     next(it)
-  mngr = checkpoint.manager(str(tmp_path), async_save=False)
-  checkpoint.save(mngr, 3, {"w": np.zeros(2, np.float32)}, {"step": 3}, data_state=grain.checkpoint.CheckpointSave(it))
-  mngr.close()
+  w = checkpoint.Writer(str(tmp_path), async_save=False)
+  w.save(3, {"w": np.zeros(2, np.float32)}, {"step": 3}, data_state=grain.checkpoint.CheckpointSave(it))
+  w.close()
   want = next(it)
   fresh = iter(_ds(local_cfg))
   checkpoint.restore(str(tmp_path), data_state=grain.checkpoint.CheckpointRestore(fresh), items=("meta", "data"))

@@ -247,13 +247,12 @@ def test_bad_inputs(pflm):
 
 
 def test_checkpoint_relative_workdir_round_trip(pflm, tmp_path, monkeypatch):
-  from kforcing_jax.training import checkpoint
+  from kforcing_jax import workdir as checkpoint
   model, params = pflm
   monkeypatch.chdir(tmp_path)
-  mngr = checkpoint.manager("relative_run")
-  checkpoint.save(mngr, 3, params["params"], {"model": model.cfg.to_dict()})
-  mngr.wait_until_finished()
-  mngr.close()
+  w = checkpoint.Writer("relative_run")
+  w.save(3, params["params"], {"model": model.cfg.to_dict()})
+  w.close()
   step, out = checkpoint.restore("relative_run")
   assert step == 3 and out["meta"]["model"]["k_max"] == model.cfg.k_max
   np.testing.assert_array_equal(out["params"]["embed"]["embedding"], params["params"]["embed"]["embedding"])

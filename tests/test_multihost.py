@@ -22,7 +22,8 @@ import portpicker
 import pytest
 
 from kforcing_jax.models import KForcingLM, ModelConfig
-from kforcing_jax.training import checkpoint, distributed, mesh_presets, sharding
+from kforcing_jax import workdir as checkpoint
+from kforcing_jax.training import distributed, mesh_presets, sharding
 from helpers import tiny_config
 
 

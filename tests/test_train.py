@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from kforcing_jax.data import corpora
-from kforcing_jax.training import checkpoint, config_lib, optim, train
-from kforcing_jax.training.state import BadInputError
+from kforcing_jax import workdir as checkpoint
+from kforcing_jax.training import config_lib, optim, train
+from kforcing_jax.workdir import BadInputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,7 +118,7 @@ def test_doubling_student_reproduces_its_teacher_at_init(k2_run):
   assert "eval/acc_slot2" in final and "eval/acc_all" in final
 
 
-def test_exact_resume(corpus, tmp_path):
+def test_exact_resume(corpus, tmp_path, capsys):
   full, split = str(tmp_path / "full"), str(tmp_path / "split")
   cfg = tiny(corpus, num_steps=20, eval_every=0)
   train.train_and_evaluate(cfg, full)
@@ -145,13 +146,23 @@ def test_exact_resume(corpus, tmp_path):
   order = lambda w: {r["step"]: r["batch_checksum"] for r in _metrics(w)}
   assert order(full) == order(split) and len(order(full)) == 20
 
-  # A corrupt newest checkpoint: restore falls back to the previous step.
-  for root, _, files in os.walk(os.path.join(checkpoint.checkpoint_dir(split), "20", "params")):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"garbage")
-  step, _ = checkpoint.restore(split, items=("params",))
-  assert step == 10
+  # Issue 12 case 2: a damaged newest step (same-size garbling, then truncation) falls back to step 10 with one
+  # line, the run continues and finishes (the bad step is moved aside, never deleted), reproducing step 20 exactly.
+  from test_workdir import garble, truncate
+  for n, damage in enumerate((garble, truncate)):
+    params_dir = os.path.join(checkpoint.checkpoint_dir(split), "20", "params")
+    damage(max((os.path.join(d, f) for d, _, fs in os.walk(params_dir) for f in fs), key=os.path.getsize))
+    capsys.readouterr()
+    train.train_and_evaluate(cfg, split)
+    err = capsys.readouterr().err
+    assert "fell back to step 10" in err and "resumed" in err, err
+    jax.tree.map(np.testing.assert_array_equal, _params(split, 20), a)
+    assert sorted(os.listdir(os.path.join(split, "corrupt"))) == ["20", "20.1"][:n + 1]
+  assert order(split) == order(full) and len(_metrics(split)) == 20  # no duplicate records after the resumes
+  # A rerun of a finished run is idempotent and says so.
+  capsys.readouterr()
+  train.train_and_evaluate(cfg, split)
+  assert "nothing to do" in capsys.readouterr().err
 
 
 def test_eight_devices_match_one_device(corpus, tmp_path):

@@ -3,7 +3,7 @@ import jax
 
 from helpers import random_params, tiny_config
 from kforcing_jax.data.tokenizers import BytesTokenizer
-from kforcing_jax.training import checkpoint
+from kforcing_jax import workdir
 
 TEXTS = ["In the beginning God created the heaven and the earth.",
          "And the earth was without form, and void; and darkness was upon the face of the deep.",
@@ -17,9 +17,5 @@ def make_workdir(path, k_max: int, seed: int = 0, seq_len: int = 40, tokenizer=N
   params = random_params(cfg, seed)[1]["params"]
   meta = {"model": cfg.to_dict(), "tokenizer": tok.spec, "stage": "pflm" if k_max else "ar", "k": k_max, "step": 1,
           "config": {"seq_len": seq_len, "data": {"name": "kjv", "tokenizer": "bytes"}}}
-  tok.save(str(path))
-  mngr = checkpoint.manager(str(path), async_save=False)
-  checkpoint.save(mngr, 1, jax.device_get(params), meta)
-  mngr.wait_until_finished()
-  mngr.close()
+  workdir.write_new(str(path), jax.device_get(params), meta, tok, step=1)
   return str(path)

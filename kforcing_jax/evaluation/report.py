@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from kforcing_jax import workdir
 from kforcing_jax.decoding import ar, common, pflm, speculative, verify
 from kforcing_jax.distill import readout as readout_lib
 from kforcing_jax.evaluation import metrics
@@ -59,9 +60,10 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
   Returns:
     A JSON-able dict (see the module docstring).
   """
-  from kforcing_jax.api import _check_same_tokenizer
-
-  _check_same_tokenizer(student, teacher)
+  if not student.config.is_pflm:
+    raise ValueError(f"{student.workdir} holds an AR model; evaluate a push-forward student against its teacher")
+  workdir.check_same_tokenizer(student.tokenizer.spec, teacher.tokenizer.spec, f"student ({student.workdir})",
+                               f"teacher ({teacher.workdir})")
   s_cfg, t_cfg = student.config, teacher.config
   k = s_cfg.k_max if k is None else int(k)
   if not 1 <= k <= s_cfg.k_max:

@@ -1,4 +1,4 @@
-"""The reference's PyTorch checkpoints <-> our parameter tree (method.md §2), and their conversion into a workdir.
+"""The reference's PyTorch checkpoints <-> our parameter tree (docs/method.md), a pure key / layout mapping.
 
 The reference stores one flat state dict (optionally a Lightning dict {"state_dict": ...} with a "backbone." key
 prefix). Its backbone keys map onto ours one to one:
@@ -17,29 +17,21 @@ and a push-forward LM adds
   noise_encoder.norm.{weight,bias}                noise_encoder/norm/{scale, bias}
   noise_encoder.mlp.{0,2}.{weight,bias}           noise_encoder/mlp_{in,out}/{kernel, bias}
 
-torch is imported only inside `load_state_dict`, so the mapping works (and is tested) without it.
+torch is imported only inside `load_state_dict`, so the mapping works (and is tested) without it. Writing a workdir
+from a converted checkpoint is `kforcing_jax.conversion`.
 """
 import collections
 import os
 import re
-from typing import Mapping, Optional
+from typing import Mapping
 
-from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
 from kforcing_jax.models.config import ModelConfig
-from kforcing_jax.models.params import check_params
-from kforcing_jax.training import checkpoint
 
 PREFIX = "backbone."
 KINDS = ("ar", "pflm")
-# The reference's tokenizers (utils/tokenizer.py) and sequence lengths: LM1B uses bert-base-uncased ([MASK] = 103
-# inside its 30522 ids, 128 tokens); OWT uses gpt2, which has no mask token, so id 50257 is appended (50258, 1024).
-KNOWN_TOKENIZERS = {
-    "bert": {"vocab_size": 30522, "mask_index": 103, "max_len": 128},
-    "gpt2": {"vocab_size": 50258, "mask_index": 50257, "max_len": 1024},
-}
 
 
 class ConversionError(ValueError):
@@ -286,8 +278,15 @@ def load_state_dict(path: str) -> dict:
   if not os.path.isfile(path):
     raise ConversionError(f"no such checkpoint file: {path}")
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as z:
-      return strip_prefix({k: z[k] for k in z.files})
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        sd = {k: z[k] for k in z.files}
+    except Exception as e:  # zip, pickle-refusal and EOF errors all mean "not an .npz state dict"
+      raise ConversionError(f"cannot read {path} as an .npz state dict ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:120] or 'empty file'})") from None
+    if not sd:
+      raise ConversionError(f"{path} holds no arrays")
+    return strip_prefix(sd)
   try:
     import torch  # pylint: disable=g-import-not-at-top  (optional dependency: the `convert` extra)
   except ImportError as e:
@@ -304,103 +303,3 @@ def load_state_dict(path: str) -> dict:
     why = f"{hit.group(0)}; save its state_dict alone to convert it" if hit else msg[:200]
     raise ConversionError(f"cannot read {path} with torch.load(weights_only=True): {why}") from e
   return strip_prefix(state)
-
-
-def _build_tokenizer(name: str):
-  from kforcing_jax.data import tokenizers  # pylint: disable=g-import-not-at-top  (keeps the mapping light)
-  # vocab_multiple=1: the reference's embeddings are unpadded (30522 / 50258 rows).
-  try:
-    if name == "gpt2":
-      return tokenizers.gpt2_tokenizer(vocab_multiple=1)
-    return tokenizers.bert_tokenizer("" if name == "bert" else name, vocab_multiple=1)
-  except ValueError as e:  # TokenizerError
-    raise ConversionError(f"tokenizer {name!r}: {e}") from e
-
-
-def resolve_tokenizer(name: Optional[str], vocab_size: int):
-  """The tokenizer for `--tokenizer` (bert | gpt2 | a BERT vocab.txt), or a guess from the vocabulary size.
-
-  Args:
-    name: "bert", "gpt2", a vocab.txt path, or None (guess: 30522 -> bert, 50258 -> gpt2; a guessed tokenizer that
-      cannot be built here, e.g. bert without a vocab file, is left out with a warning).
-    vocab_size: the checkpoint's vocabulary.
-  Returns:
-    (tokenizer or None, defaults {"mask_index", "max_len"} for the model config).
-  Raises:
-    ConversionError: unknown name, an unbuildable named tokenizer, or a vocabulary that differs from the checkpoint's.
-  """
-  if name is None:
-    guess = [k for k, s in KNOWN_TOKENIZERS.items() if s["vocab_size"] == vocab_size]
-    if not guess:
-      return None, {"mask_index": -1, "max_len": 1024}
-    defaults = {k: KNOWN_TOKENIZERS[guess[0]][k] for k in ("mask_index", "max_len")}
-    try:
-      name, tok = guess[0], _build_tokenizer(guess[0])
-    except ConversionError as e:
-      logging.warning("vocabulary %d looks like %s, but no tokenizer is saved: %s", vocab_size, guess[0], e)
-      return None, defaults
-  elif name in KNOWN_TOKENIZERS or os.path.isfile(name):
-    tok = _build_tokenizer(name)
-  else:
-    raise ConversionError(f"unknown tokenizer {name!r}: expected bert, gpt2 or an existing BERT vocab.txt")
-  if tok.vocab_size != vocab_size:
-    raise ConversionError(f"tokenizer {name!r} has {tok.vocab_size} ids (mask included) but the checkpoint's "
-                          f"vocabulary is {vocab_size}")
-  max_len = KNOWN_TOKENIZERS.get(tok.kind, {}).get("max_len", 1024)
-  return tok, {"mask_index": tok.mask_index, "max_len": max_len}
-
-
-def convert(reference_ckpt: str, kind: str, workdir: str, *, tokenizer: Optional[str] = None, k_max: int = 4,
-            max_len: Optional[int] = None, mask_index: Optional[int] = None,
-            ignore_keys: Optional[str] = None) -> dict:
-  """Converts a reference checkpoint into a new workdir: orbax checkpoint at step 0 (params + meta) + tokenizer/.
-
-  Args:
-    reference_ckpt: the reference's .ckpt (or an .npz state dict).
-    kind: "ar" or "pflm".
-    workdir: output directory; must not exist or be empty (nothing is ever overwritten).
-    tokenizer: "bert", "gpt2", a BERT vocab.txt, or None (guessed from the vocabulary size; see `resolve_tokenizer`).
-    k_max: largest K for a push-forward LM.
-    max_len: longest sequence (default: the tokenizer's training length, 128 bert / 1024 gpt2, else 1024).
-    mask_index: override of the tokenizer's mask id (-1: none).
-    ignore_keys: a regex; prefix-stripped keys that fully match it are dropped (and listed in meta["ignored_keys"])
-      instead of being an error, e.g. a teacher copy stored beside the model. Default: every key must be used.
-  Returns:
-    The checkpoint's meta dict.
-  Raises:
-    ConversionError: any bad input, with one line naming it.
-  """
-  if kind not in KINDS:
-    raise ConversionError(f"unknown kind {kind!r}; expected one of {KINDS}")
-  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-    raise ConversionError(f"workdir {workdir} exists and is not empty; refusing to overwrite it")
-  sd = load_state_dict(reference_ckpt)
-  ignored = []
-  if ignore_keys:
-    try:
-      pattern = re.compile(ignore_keys)
-    except re.error as e:
-      raise ConversionError(f"invalid ignore_keys regex {ignore_keys!r}: {e}") from e
-    ignored = sorted(k for k in sd if pattern.fullmatch(k))
-    sd = {k: v for k, v in sd.items() if k not in set(ignored)}
-  if "vocab_embed.embedding" not in sd:
-    raise ConversionError("missing key 'vocab_embed.embedding': cannot infer the vocabulary")
-  vocab = int(sd["vocab_embed.embedding"].shape[0])
-  tok, defaults = resolve_tokenizer(tokenizer, vocab)
-  mask_index = defaults["mask_index"] if mask_index is None else mask_index
-  max_len = defaults["max_len"] if max_len is None else max_len
-  cfg = infer_config(sd, kind, k_max=k_max, mask_index=mask_index, max_len=max_len)
-  params = from_reference_state_dict(sd, cfg)
-  try:
-    check_params(cfg, params)
-  except ValueError as e:  # a mapping bug rather than a bad file; still one line
-    raise ConversionError(f"converted params do not fit the model: {e}") from e
-  meta = {"model": cfg.to_dict(), "tokenizer": tok.spec if tok else None, "source": os.path.abspath(reference_ckpt),
-          "kind": kind, "stage": kind, "k": cfg.k_max, "step": 0, "ignored_keys": ignored}
-  mngr = checkpoint.manager(workdir, max_to_keep=None, async_save=False)
-  checkpoint.save(mngr, 0, params, meta)
-  mngr.wait_until_finished()
-  mngr.close()
-  if tok is not None:
-    tok.save(workdir)
-  return meta

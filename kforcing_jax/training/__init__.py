@@ -1,7 +1,7 @@
-"""Training: mesh and sharding rules, checkpoints, the train loop.
+"""Training: mesh and sharding rules, the train state, the train loop (run directories: `kforcing_jax.workdir`).
 
 `train_and_evaluate(config, workdir)` (train.py) is the public entry; it is imported lazily so that
-`kforcing_jax.training.sharding` / `.checkpoint` stay light for the decoders.
+`kforcing_jax.training.sharding` stays light for the decoders.
 """
 
 __all__ = ["train_and_evaluate", "DivergedError", "BadInputError"]
@@ -12,6 +12,6 @@ def __getattr__(name):
     from kforcing_jax.training import train
     return getattr(train, name)
   if name == "BadInputError":
-    from kforcing_jax.training.state import BadInputError
+    from kforcing_jax.workdir import BadInputError
     return BadInputError
   raise AttributeError(f"module 'kforcing_jax.training' has no attribute {name!r}")

@@ -1,39 +1,10 @@
-"""The trainer's side of the data interface: which tokenizer a run uses, its datasets, and global batches.
-
-Tokenizer choice follows the resume order of `train.py`: a resumed run reloads WORKDIR/tokenizer; a distillation
-run uses its teacher's; a run initialised from `config.init_workdir` uses that one's; a run from scratch builds one
-from `config.data`. Every run saves its tokenizer into its own workdir (process 0).
+"""The trainer's side of the data interface: its datasets and global batches (the run's tokenizer comes from
+`kforcing_jax.workdir.tokenizer_for_run`).
 """
-from typing import Optional
-
 import jax
 import numpy as np
 
 from kforcing_jax.training import sharding
-
-
-def tokenizer_for_run(config, workdir: str, source_workdir: Optional[str], resuming: bool):
-  """Loads or builds the run's tokenizer and saves it into `workdir`.
-
-  Args:
-    config: the experiment config (uses `config.data`).
-    workdir: this run's directory.
-    source_workdir: the teacher's / init workdir, or None.
-    resuming: whether `workdir` already holds a checkpoint of this run.
-  Returns:
-    A tokenizer object (`.encode`, `.decode`, `.vocab_size`, `.mask_index`, `.spec`, `.save`).
-  """
-  from kforcing_jax.data import tokenizers
-  if resuming:
-    return tokenizers.load_tokenizer(workdir)
-  if source_workdir:
-    tok = tokenizers.load_tokenizer(source_workdir)
-  else:
-    # Multi-host: every process builds the same (deterministic) tokenizer; only process 0 writes it.
-    tok = tokenizers.build_tokenizer(config.data, workdir, save=jax.process_index() == 0)
-  if jax.process_index() == 0:
-    tok.save(workdir)
-  return tok
 
 
 def make_datasets(config, tokenizer):
@@ -41,7 +12,7 @@ def make_datasets(config, tokenizer):
 
   Args:
     config: the experiment config (`data`, `seq_len`, `batch_size`, `seed`).
-    tokenizer: from `tokenizer_for_run`.
+    tokenizer: from `workdir.tokenizer_for_run`.
   Returns:
     Two datasets yielding {"tokens": int32 [local_batch, seq_len], "loss_mask": float32 [local_batch, seq_len]}.
   """

@@ -12,9 +12,27 @@ from typing import Mapping, Optional
 import jax
 from absl import logging
 
+from kforcing_jax import files
+
 
 def _fmt(v) -> str:
   return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _drop_after(path: str, step: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= step:
+        keep.append(line)
+    except (ValueError, KeyError, TypeError):
+      pass  # a line cut by a crash
+  if len(keep) != len(lines):
+    files.write_text(path, "".join(keep))
 
 
 class MetricsWriter:
@@ -48,7 +66,10 @@ class MetricsWriter:
       self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30)
     except Exception as e:  # TensorBoard is a convenience; never fail a run for it
       logging.warning("no TensorBoard event files: %s", e)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if initial_step > 0:
+      _drop_after(path, initial_step)  # a resumed run redoes the steps after its checkpoint: no duplicate records
+    self._jsonl = open(path, "a", encoding="utf-8")
     if progress_bar is None:
       progress_bar = sys.stderr.isatty()
     if progress_bar:

@@ -9,16 +9,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kforcing_jax import workdir as workdir_lib
 from kforcing_jax.models import KForcingLM, ModelConfig
-from kforcing_jax.training import checkpoint, sharding
-
-# Fields that change the parameters or the function computed; the rest (attention_impl, remat, dtype, tiles,
-# dropout, max_len) are how it is computed and may differ between a teacher and its student.
-ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "mask_index", "rope_base")
-
-
-class BadInputError(ValueError):
-  """A user error (config, teacher, workdir) that the CLI reports in one line with exit status 2."""
+from kforcing_jax.training import sharding
+from kforcing_jax.workdir import BadInputError
 
 
 def model_config(config: ml_collections.ConfigDict, k_max: int) -> ModelConfig:
@@ -27,11 +21,6 @@ def model_config(config: ml_collections.ConfigDict, k_max: int) -> ModelConfig:
     return ModelConfig.from_dict({**config.model.to_dict(), "k_max": int(k_max)})
   except (TypeError, ValueError) as e:
     raise BadInputError(f"bad model config: {e}") from e
-
-
-def arch_mismatch(a: dict, b: dict) -> list[str]:
-  """Architecture fields on which two model-config dicts differ ("name: a != b")."""
-  return [f"{f}: {a.get(f)} != {b.get(f)}" for f in ARCH_FIELDS if a.get(f) != b.get(f)]
 
 
 def _dummy_tokens(mcfg: ModelConfig):
@@ -63,74 +52,16 @@ def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
     abstract_boxed = jax.eval_shape(init_fn)
     shardings = sharding.shardings_for(abstract_boxed, mesh, rules)
     state = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
-  abstract = checkpoint.to_abstract(nn.unbox(abstract_boxed), shardings)
+  abstract = workdir_lib.to_abstract(nn.unbox(abstract_boxed), shardings)
   return state, shardings, abstract
-
-
-def check_teacher(teacher_workdir: str, student: ModelConfig, targets: str,
-                  target_teacher: str = "previous") -> tuple[ModelConfig, dict]:
-  """Checks (from its meta only) that a teacher fits the student; cheap, so it runs before anything else.
-
-  Args:
-    teacher_workdir: a workdir holding an AR or push-forward checkpoint.
-    student: the student's model config (k_max = its k).
-    targets: "self_forcing" or "noise_inversion".
-    target_teacher: "previous" (the targets come from this teacher: k must double its k) or "ar" (it only
-      initialises the student; the targets come from the AR teacher, so any k is allowed).
-  Returns:
-    (the teacher's ModelConfig with the student's computation settings, the teacher's meta).
-  Raises:
-    BadInputError: missing or empty workdir, architecture / vocab mismatch, k not a doubling of the teacher's.
-  """
-  if not teacher_workdir:
-    raise BadInputError("stage pflm needs --config.teacher_workdir=DIR (a trained AR or push-forward workdir)")
-  try:
-    _, meta = checkpoint.read_meta(teacher_workdir)
-  except checkpoint.CheckpointError as e:
-    raise BadInputError(f"teacher_workdir: {e}") from e
-  tmodel = meta.get("model", {})
-  bad = arch_mismatch(tmodel, student.to_dict())
-  if bad:
-    raise BadInputError(f"teacher in {teacher_workdir} does not match the student config ({'; '.join(bad)})")
-  tk = int(tmodel.get("k_max", 0))
-  k = student.k_max
-  if target_teacher == "ar":
-    if tk > k:
-      raise BadInputError(f"teacher in {teacher_workdir} has k={tk} > the student's k={k}")
-    return student.replace(k_max=tk, hint_noise=tmodel.get("hint_noise", "current")), meta
-  if targets == "noise_inversion" and tk != 0:
-    raise BadInputError(f"noise_inversion needs an AR teacher; {teacher_workdir} is a k={tk} push-forward model")
-  if targets == "self_forcing" and tk == 0 and k != 1:
-    raise BadInputError(f"self-forcing from an AR teacher trains k=1, got k={k} (distill 1 -> 2 -> 4 in stages)")
-  if targets == "self_forcing" and tk > 0 and k != 2 * tk:
-    raise BadInputError(f"k={k} is not a doubling of the teacher's k={tk} (a k -> 2k stage needs k={2 * tk})")
-  return student.replace(k_max=tk, hint_noise=tmodel.get("hint_noise", "current")), meta
-
-
-def resolve_ar_teacher(workdir: str, max_hops: int = 8) -> str:
-  """The AR teacher at the root of a distillation chain: `workdir` itself if it is AR, else the workdir its meta
-  names (ar_teacher_workdir, then teacher_workdir), followed up to `max_hops` times. Raises BadInputError."""
-  seen = []
-  for _ in range(max_hops):
-    try:
-      _, meta = checkpoint.read_meta(workdir)
-    except checkpoint.CheckpointError as e:
-      raise BadInputError(f"resolving the AR teacher: {e}") from e
-    if int(meta.get("model", {}).get("k_max", 0)) == 0:
-      return workdir
-    seen.append(workdir)
-    workdir = meta.get("ar_teacher_workdir") or meta.get("teacher_workdir")
-    if not workdir:
-      break
-  raise BadInputError(f"no AR teacher found along the chain {seen}; set --config.ar_teacher_workdir")
 
 
 def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
   """Restores the frozen teacher's params, laid out like the student's matching tensors.
 
   Args:
-    teacher_workdir: the teacher's workdir (already checked by `check_teacher`).
-    teacher: its ModelConfig from `check_teacher`.
+    teacher_workdir: the teacher's workdir (already checked by `workdir.check_teacher`).
+    teacher: its ModelConfig from `workdir.check_teacher`.
     param_shardings: the student's param shardings.
   Returns:
     The teacher's inner params dict.
@@ -139,7 +70,7 @@ def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), _dummy_tokens(teacher),
                                                         method=model.init_all))["params"])
   tshard = {name: param_shardings[name] for name in abstract}
-  _, out = checkpoint.restore(teacher_workdir, abstract_params=checkpoint.to_abstract(abstract, tshard),
+  _, out = workdir_lib.restore(teacher_workdir, abstract_params=workdir_lib.to_abstract(abstract, tshard),
                               items=("params",))
   return out["params"]
 

@@ -31,15 +31,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 
+from kforcing_jax import workdir as workdir_lib
 from kforcing_jax.distill import losses
 from kforcing_jax.distill import objectives
 from kforcing_jax.models import KForcingLM
-from kforcing_jax.training import checkpoint, inputs, optim, sharding
+from kforcing_jax.training import inputs, optim, sharding
 from kforcing_jax.training import state as state_lib
 from kforcing_jax.training.metrics_writer import MetricsWriter
-from kforcing_jax.training.state import BadInputError
+from kforcing_jax.workdir import BadInputError
 
 STAGES = ("ar", "pflm")
 TARGET_TEACHERS = ("previous", "ar")
@@ -84,24 +84,6 @@ def _mesh(config):
   if int(config.batch_size) % shards:
     raise BadInputError(f"batch_size={config.batch_size} does not split over the {shards} batch shards of the mesh")
   return mesh
-
-
-def _check_workdir(workdir, stage, mcfg, k):
-  """Returns the meta of WORKDIR's checkpoint if it belongs to this run, None if there is none."""
-  if not checkpoint.exists(checkpoint.checkpoint_dir(workdir)):
-    return None
-  try:
-    step, meta = checkpoint.read_meta(workdir)
-  except checkpoint.CheckpointError as e:
-    if "no checkpoint in" in str(e) and "readable" not in str(e):
-      return None
-    raise BadInputError(f"{workdir} holds unreadable checkpoints; refusing to overwrite them ({e})") from e
-  bad = state_lib.arch_mismatch(meta.get("model", {}), mcfg.to_dict())
-  if meta.get("stage") != stage or int(meta.get("k", -1)) != k or bad:
-    raise BadInputError(
-        f"{workdir} holds a checkpoint of another run (stage={meta.get('stage')}, k={meta.get('k')}"
-        f"{', ' + '; '.join(bad) if bad else ''}); refusing to overwrite it, use a new --workdir")
-  return meta
 
 
 def objective(config, teacher_readout: str = "argmax", mask_index: int = -1) -> objectives.Objective:
@@ -182,17 +164,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   k = int(config.k) if stage == "pflm" else 0
   mcfg = state_lib.model_config(config, k)
   mesh, rules = _mesh(config), sharding.rules_tuple(config.sharding_rules)
-  resume_meta = _check_workdir(workdir, stage, mcfg, k)
+  resume_meta = workdir_lib.check_resume(workdir, stage, mcfg, k)
   source = config.teacher_workdir if stage == "pflm" else (config.init_workdir or None)
-  if source and not checkpoint.exists(checkpoint.checkpoint_dir(source)):
+  if source and not workdir_lib.has_checkpoints(source):
     raise BadInputError(f"{'teacher_workdir' if stage == 'pflm' else 'init_workdir'} {source} has no "
                         "checkpoints/ (train it first)")
   if stage == "pflm":
-    tcfg, tmeta = state_lib.check_teacher(source, mcfg, config.targets, config.target_teacher)
+    tcfg, tmeta = workdir_lib.check_teacher(source, mcfg, config.targets, config.target_teacher)
     target_dir, target_cfg, target_meta = source, tcfg, tmeta
     if config.target_teacher == "ar" and tcfg.k_max > 0:
-      target_dir = state_lib.resolve_ar_teacher(config.ar_teacher_workdir or source)
-      target_cfg, target_meta = state_lib.check_teacher(target_dir, mcfg, config.targets, "ar")
+      target_dir = workdir_lib.resolve_ar_teacher(config.ar_teacher_workdir or source)
+      target_cfg, target_meta = workdir_lib.check_teacher(target_dir, mcfg, config.targets, "ar")
     obj = objective(config, target_meta.get("readout") or "argmax", mcfg.mask_index)
     try:
       objectives.check_teacher(obj, target_cfg.k_max)
@@ -200,10 +182,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise BadInputError(f"target teacher {target_dir}: {e}") from e
 
   # ---- tokenizer and data ----
-  tokenizer = inputs.tokenizer_for_run(config, workdir, source, resuming=resume_meta is not None)
-  if tokenizer.vocab_size > mcfg.vocab_size or tokenizer.mask_index != mcfg.mask_index:
-    raise BadInputError(f"tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_index}) does not fit "
-                        f"model.vocab_size={mcfg.vocab_size}, model.mask_index={mcfg.mask_index}")
+  tokenizer = workdir_lib.tokenizer_for_run(config.data, workdir, source, resuming=resume_meta is not None)
+  workdir_lib.check_tokenizer_fits(tokenizer.spec, mcfg)
   train_ds, eval_ds = inputs.make_datasets(config, tokenizer)
   train_iter = iter(train_ds)
 
@@ -220,21 +200,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     teacher_params = init_params if target_dir == source else state_lib.load_teacher(target_dir, target_cfg,
                                                                                      param_sh)
     teacher_model, teacher_sh = KForcingLM(target_cfg), {n: param_sh[n] for n in teacher_params}
-  mngr = checkpoint.manager(workdir, max_to_keep=int(config.keep_checkpoints))
   if resume_meta is not None:
     train_items = {n: abstract_state[n] for n in ("opt_state", "step", "rng")}
-    start, out = checkpoint.restore(workdir, abstract_params=abstract_state["params"],
-                                    abstract_train_state=train_items,
-                                    data_state=grain.checkpoint.CheckpointRestore(train_iter),
-                                    items=("params", "train_state", "data"))
+    start, out = workdir_lib.restore(workdir, abstract_params=abstract_state["params"],
+                                     abstract_train_state=train_items,
+                                     data_state=grain.checkpoint.CheckpointRestore(train_iter),
+                                     items=("params", "train_state", "data"), move_bad=True)
     state = {"params": out["params"], **out["train_state"]}
-    logging.info("resumed %s at step %d", workdir, start)
+    workdir_lib.notice(f"resumed {workdir} at step {start}" if start < int(config.num_steps) else
+                       f"nothing to do: {workdir} is at step {start} >= num_steps={config.num_steps}")
   else:
     start = 0
     if stage == "pflm":
       state["params"] = state_lib.transfer(state["params"], init_params, param_sh)
     elif config.init_workdir:
-      _, out = checkpoint.restore(config.init_workdir, abstract_params=abstract_state["params"])
+      _, out = workdir_lib.restore(config.init_workdir, abstract_params=abstract_state["params"])
       state["params"] = state_lib.transfer(state["params"], out["params"], param_sh)
   meta = {"model": mcfg.to_dict(), "tokenizer": tokenizer.spec, "config": config.to_dict(), "stage": stage,
           "k": k, "teacher_workdir": config.teacher_workdir if stage == "pflm" else "",
@@ -263,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _mean_metrics(ms)
 
   writer = MetricsWriter(workdir, int(config.num_steps), start, config.progress_bar)
+  writer_ckpt = workdir_lib.Writer(workdir, max_to_keep=int(config.keep_checkpoints))
   num_steps, log_every = int(config.num_steps), max(1, int(config.log_every))
   ckpt_every, eval_every = int(config.checkpoint_every), int(config.eval_every)
   tokens_per_step = global_batch * int(config.seq_len)
@@ -283,9 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       final.update({f"train/{n}": v for n, v in scalars.items()})
 
   def save(step):
-    checkpoint.save(mngr, step, state["params"], {**meta, "step": step},
-                    train_state={n: state[n] for n in ("opt_state", "step", "rng")},
-                    data_state=grain.checkpoint.CheckpointSave(train_iter))
+    writer_ckpt.save(step, state["params"], {**meta, "step": step},
+                     train_state={n: state[n] for n in ("opt_state", "step", "rng")},
+                     data_state=grain.checkpoint.CheckpointSave(train_iter))
 
   # ---- the loop: dispatch step s, then fetch step s-1's metrics (no host sync on the running step) ----
   with sharding.activate(mesh, rules):
@@ -315,8 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if start >= num_steps and eval_every > 0:
         final.update({f"eval/{n}": v for n, v in evaluate(state["params"]).items()})
     finally:
-      mngr.wait_until_finished()
-      mngr.close()
+      writer_ckpt.close()
       writer.close()
   final["wall_s"] = time.time() - t_start
   final["steps_per_s"] = (final["step"] - start) / max(final["wall_s"], 1e-9)
