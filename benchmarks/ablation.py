@@ -1,0 +1,161 @@
+r"""Distillation recipes on the main job's teacher: k = 1 -> 2 -> 4 per recipe, same seeds and steps, then
+per-slot KL / TV, sample entropy and gen-PPL under the teacher, and tokens per teacher pass of both lossless modes.
+
+  python -m benchmarks.ablation --teacher_workdir demo_out/ar --out docs/ablation
+  python -m benchmarks.ablation --teacher_workdir demo_out/ar --out /tmp/abl --variants reference,kf --steps 40,30,20
+
+Each variant trains its own chain in OUT/<variant>/{k1,k2,k4} with experiments/configs/tiny_cpu.py (the demo's
+stages) plus the variant's overrides, and is evaluated with `evaluation.report.evaluate` against the teacher.
+Writes OUT/ablation.json, OUT/ablation.md (the table in docs/results.md) and OUT/ablation.png (training loss of
+every stage vs step). Stages already trained (DONE.json) are reused.
+"""
+import json
+import os
+import time
+
+from absl import app, flags
+
+VARIANTS = {
+    # The reference: CE against the teacher's inverse-CDF token, argmax readout, hint i encodes u_i, k -> 2k targets
+    # from the k-model's doubling.
+    "reference": dict(loss="ce", readout="argmax", rollout="teacher", target_teacher="previous",
+                      model=dict(hint_noise="current")),
+    # Same layout and readout, dense KL along the AR teacher's rollout (collapses: argmax of a calibrated q).
+    "kl_argmax": dict(loss="kl", readout="argmax", rollout="teacher", target_teacher="ar",
+                      model=dict(hint_noise="current")),
+    # CE against tokens sampled along the student's own sampled prefix, hint i encodes u_{i-1}.
+    "ce_sample": dict(loss="ce", readout="sample", rollout="student", target_teacher="ar",
+                      model=dict(hint_noise="previous")),
+    # Dense KL, sampled readout, previous-noise layout, targets along the teacher's rollout (AR conditionals).
+    "kl_sample_teacher": dict(loss="kl", readout="sample", rollout="teacher", target_teacher="ar",
+                              model=dict(hint_noise="previous")),
+    # The recommended recipe: as above, targets along the student's own sampled prefix.
+    "kf": dict(loss="kl", readout="sample", rollout="student", target_teacher="ar",
+               model=dict(hint_noise="previous")),
+}
+
+_TEACHER = flags.DEFINE_string("teacher_workdir", "demo_out/ar", "the AR teacher's workdir")
+_OUT = flags.DEFINE_string("out", "ablation_out", "output directory")
+_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"variants to run, of {list(VARIANTS)}")
+_STEPS = flags.DEFINE_list("steps", ["80", "50", "30"], "training steps of the k = 1, 2, 4 stages")
+_LR = flags.DEFINE_float("lr", 0.0, "peak learning rate of every stage (0 = the config's)")
+_SAMPLES = flags.DEFINE_integer("num_samples", 16, "samples per decoder in the evaluation")
+
+
+def _stage_config(k, init_dir, overrides, steps, lr):
+  from kforcing_jax.main_job import stage_config
+
+  cfg = stage_config(f"stage=pflm,k={k}", init_dir, quick=False)
+  with cfg.unlocked():
+    for key, v in overrides.items():
+      cfg[key].update(v) if isinstance(v, dict) else setattr(cfg, key, v)
+    cfg.num_steps = steps
+    cfg.eval_every = cfg.checkpoint_every = steps
+    cfg.progress_bar = False
+    if lr:
+      cfg.optim.lr = lr
+  return cfg
+
+
+def _curve(wd):
+  path = os.path.join(wd, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
+
+
+def run_variant(name, teacher, out, steps, lr, num_samples):
+  """Trains the k = 1 -> 2 -> 4 chain of one variant; returns {k: metrics}."""
+  import kforcing_jax
+  from kforcing_jax.evaluation import report
+  from kforcing_jax.training import train
+
+  res, init = {}, _TEACHER.value
+  for k, n in zip((1, 2, 4), steps):
+    wd = os.path.join(out, name, f"k{k}")
+    marker = os.path.join(wd, "DONE.json")
+    t0 = time.time()
+    if not os.path.exists(marker):
+      cfg = _stage_config(k, init, VARIANTS[name], n, lr)
+      with cfg.unlocked():
+        cfg.ar_teacher_workdir = _TEACHER.value
+      metrics = train.train_and_evaluate(cfg, wd)
+      metrics["stage_wall_s"] = time.time() - t0
+      with open(marker, "w") as f:
+        json.dump(metrics, f)
+    with open(marker) as f:
+      wall = json.load(f).get("stage_wall_s")
+    ev = report.evaluate(kforcing_jax.load(wd), teacher, num_samples=num_samples)
+    res[k] = {"steps": n, "train_wall_s": wall, "slot_kl": ev["slot_kl"], "slot_tv": ev["slot_tv"],
+              "slot_tv_method": ev["slot_tv_method"], "entropy": ev["student"]["entropy"],
+              "gen_ppl": ev["student"]["gen_ppl"], "speculative_tokens_per_pass": ev["speculative"]["tokens_per_pass"],
+              "verify_tokens_per_pass": ev["verify"]["tokens_per_pass"], "slot_agreement": ev["slot_agreement"],
+              "teacher_entropy": ev["teacher"]["entropy"], "teacher_gen_ppl": ev["teacher"]["gen_ppl"],
+              "curve": _curve(wd)}
+    print(f"[ablation] {name} k={k}: slot KL {[round(v, 3) for v in ev['slot_kl']]}, entropy "
+          f"{res[k]['entropy']:.2f} (teacher {res[k]['teacher_entropy']:.2f}), gen-PPL {res[k]['gen_ppl']:.1f} "
+          f"(teacher {res[k]['teacher_gen_ppl']:.1f}), tok/pass spec {res[k]['speculative_tokens_per_pass']:.2f} "
+          f"verify {res[k]['verify_tokens_per_pass']:.2f}", flush=True)
+    init = wd
+  return res
+
+
+def table(results: dict) -> str:
+  """The ablation table (markdown): one row per (variant, k)."""
+  rows = ["| recipe | k | steps | train s | slot KL | slot TV | entropy (teacher) | gen-PPL (teacher) | "
+          "tok/pass spec. | tok/pass verify |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for name, per_k in results.items():
+    for k, r in per_k.items():
+      f = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+      rows.append(f"| {name} | {k} | {r['steps']} | {r['train_wall_s'] or 0:.0f} | {f(r['slot_kl'])} | "
+                  f"{f(r['slot_tv'])}{'*' if r['slot_tv_method'] != 'exact' else ''} | {r['entropy']:.2f} "
+                  f"({r['teacher_entropy']:.2f}) | {r['gen_ppl']:.1f} ({r['teacher_gen_ppl']:.1f}) | "
+                  f"{r['speculative_tokens_per_pass']:.2f} | {r['verify_tokens_per_pass']:.2f} |")
+  return "\n".join(rows)
+
+
+def plot(results: dict, path: str) -> None:
+  """Training loss vs step of every variant's stages (one panel per k)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+  for ax, k in zip(axes, (1, 2, 4)):
+    for name, per_k in results.items():
+      if k in per_k and per_k[k]["curve"]:
+        s, v = zip(*per_k[k]["curve"])
+        ax.plot(s, v, label=name)
+    ax.set_title(f"k={k}: training loss (CE or KL, nats)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  import kforcing_jax
+
+  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  if unknown:
+    raise app.UsageError(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
+  steps = [int(s) for s in _STEPS.value]
+  if len(steps) != 3 or min(steps) < 1:
+    raise app.UsageError("--steps takes three positive step counts (k = 1, 2, 4)")
+  os.makedirs(_OUT.value, exist_ok=True)
+  teacher = kforcing_jax.load(_TEACHER.value)
+  results = {v: run_variant(v, teacher, _OUT.value, steps, _LR.value, _SAMPLES.value) for v in _VARIANTS.value}
+  with open(os.path.join(_OUT.value, "ablation.json"), "w") as f:
+    json.dump({"steps": steps, "lr": _LR.value, "results": results}, f, indent=1)
+  with open(os.path.join(_OUT.value, "ablation.md"), "w") as f:
+    f.write(table(results) + "\n")
+  plot(results, os.path.join(_OUT.value, "ablation.png"))
+  print(table(results))
+
+
+if __name__ == "__main__":
+  app.run(main)
