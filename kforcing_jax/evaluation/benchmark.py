@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kforcing_jax.decoding import ar, common, pflm, verify
+from kforcing_jax.decoding import common, dispatch
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.params import init_params
 
@@ -72,41 +72,30 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
   """Times one decoder at one batch size.
 
   Args:
-    mode: "ar" | "pflm" | "verify".
+    mode: "ar" | "pflm" | "verify" | "speculative" (`decoding.dispatch`).
     cfg, params: the decoding model (the student in verify mode).
     batch: rows.
     num_tokens: new tokens per row.
     prompt_len: prompt tokens per row.
     k: tokens per step (pflm / verify).
     sampler: AR sampler.
-    teacher: (cfg, params) of the AR teacher (verify mode).
+    teacher: (cfg, params) of the AR teacher (verify / speculative mode).
     repeats: timed repeats after compilation (median reported).
     unroll: scan unroll.
     seed: noise / prompt seed.
   Returns:
-    {"prefill_s", "loop_s", "tokens_per_s", "tokens_per_s_e2e", and "tokens_per_pass" in verify mode}.
+    {"prefill_s", "loop_s", "tokens_per_s", "tokens_per_s_e2e", and "tokens_per_pass" with a teacher}.
   """
   tok, lens = _prompts(batch, prompt_len, cfg.vocab_size, seed)
-  width = tok.shape[1]
-  if mode == "ar":
-    u = common.position_noise(seed, batch, ar.noise_length(width, num_tokens))
-    pre, run = ar.phases(cfg, num_tokens, sampler, unroll)
-    res = _timed(pre, (params, tok, lens, u, 1.0), run, lambda s: (params, *s, u, 1.0), repeats)
-  elif mode == "pflm":
-    u = common.position_noise(seed, batch, pflm.noise_length(width, num_tokens, k))
-    pre, run = pflm.phases(cfg, k, num_tokens, False, unroll)
-    res = _timed(pre, (params, tok, lens, u, 1.0, 0.0), run, lambda s: (params, s, u, 1.0, 0.0), repeats)
-  elif mode == "verify":
-    t_cfg, t_params = teacher
-    u = common.position_noise(seed, batch, verify.noise_length(width, num_tokens, k))
-    pre, run = verify.phases(cfg, t_cfg, k, num_tokens)
-    res = _timed(pre, (params, t_params, tok, lens, u, 1.0), run, lambda s: (params, t_params, s, u, 1.0), repeats)
-  else:
-    raise ValueError(f"unknown mode {mode!r}")
+  t_cfg, t_params = teacher if mode in dispatch.TEACHER_MODES else (None, None)
+  ph = dispatch.phases(mode, cfg, num_tokens, k=k, teacher_cfg=t_cfg, sampler=sampler, unroll=unroll)
+  u = ph.noise(seed, batch, tok.shape[1])
+  res = _timed(ph.prefill, ph.prefill_args(params, t_params, tok, lens, u, 1.0), ph.loop,
+               lambda s: ph.loop_args(params, t_params, s, u, 1.0), repeats)
   pre_s, loop_s, out = res
   n = batch * num_tokens
   row = {"prefill_s": pre_s, "loop_s": loop_s, "tokens_per_s": n / loop_s, "tokens_per_s_e2e": n / (pre_s + loop_s)}
-  if mode == "verify":
+  if mode in dispatch.TEACHER_MODES:
     row["tokens_per_pass"] = float(num_tokens * batch / np.sum(np.asarray(out[1])))
   return row
 
