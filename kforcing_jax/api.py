@@ -14,6 +14,7 @@ push-forward noise encoder's input (pflm mode only). `readout` ("argmax" | "samp
 the checkpoint's trained readout (meta "readout"); speculative decoding always samples from the student's softmax.
 """
 import dataclasses
+import os
 import sys
 from typing import Optional, Sequence, Union
 
@@ -56,19 +57,11 @@ class LoadedModel:
 
   def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt, with the tokenizer's bos prepended (as in training documents)."""
-    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-      raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
-    out = []
-    for i, p in enumerate(prompts):
-      if not isinstance(p, str) or not p:
-        raise ValueError(f"prompt {i}: empty or not a string: {p!r}")
-      bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id >= 0 else []
-      out.append(bos + self.tokenizer.encode(p))
-    return out
+    return encode(self.tokenizer, prompts)
 
   def plan(self, num_tokens, k=None, temperature=1.0, seed=0, freq_penalty=0.0, verify_with=None, row_offset=0, *,
            mode: Optional[str] = None, teacher=None, speculative_with=None, readout: Optional[str] = None,
-           tau: float = 1.0):
+           tau: float = 1.0, warn=lambda line: print(line, file=sys.stderr)):
     """Checks a request (no decoding) and resolves its teacher; `generate` documents the arguments.
 
     Returns:
@@ -85,7 +78,6 @@ class LoadedModel:
     teacher = _as_model(teacher) if teacher is not None else None
     if teacher is not None:
       check_pair(self, teacher)
-    warn = lambda line: print(line, file=sys.stderr)
     mode, k, readout = dispatch.resolve(self.config, mode, k, teacher.config if teacher else None, readout,
                                         self.trained_readout, warn)
     return mode, k, readout, teacher, scalars
@@ -127,7 +119,8 @@ class LoadedModel:
       row_offset: global index of the first prompt (keeps noise stable when a prompt file is split in batches).
       **kw: keyword-only `mode` ("ar" | "pflm" | "verify" | "speculative"), `teacher` (for mode=),
         `speculative_with` (a teacher: exact speculative sampling), `readout` ("argmax" | "sample"; default the
-        checkpoint's), `tau` (> 0, the noise encoder's input in pflm mode).
+        checkpoint's), `tau` (> 0, the noise encoder's input in pflm mode), `warn` (called with the one warning
+        line a sampled readout of an argmax-trained model gets; default: print to stderr).
     Returns:
       One string per prompt.
     Raises:
@@ -136,6 +129,21 @@ class LoadedModel:
     res = self.generate_ids(self.encode_prompts(prompts), num_tokens, k, temperature, seed, freq_penalty,
                             verify_with, row_offset, **kw)
     return [self.tokenizer.decode(row[:n]) for row, n in zip(res.tokens, res.lengths)]
+
+
+def encode(tokenizer, prompts: Sequence[str], names: Optional[Sequence[str]] = None) -> list[list[int]]:
+  """Token ids of each prompt with the tokenizer's bos prepended; ValueError names a bad prompt (or its `names`)."""
+  if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+    raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+  if not prompts:
+    raise ValueError("no prompts given")
+  out = []
+  for i, p in enumerate(prompts):
+    if not isinstance(p, str) or not p:
+      raise ValueError(f"{names[i] if names else f'prompt {i}'}: empty or not a string: {p!r}")
+    bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
+    out.append(bos + tokenizer.encode(p))
+  return out
 
 
 def _as_model(m) -> LoadedModel:
@@ -163,5 +171,9 @@ def load(workdir: str, step: Optional[int] = None) -> LoadedModel:
     ValueError: no good checkpoint, no or mismatching tokenizer, params not matching the config
       (`workdir.BadInputError`).
   """
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise ValueError(f"workdir must be a path, got {type(workdir).__name__}")
+  if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+    raise ValueError(f"step must be an integer or None, got {step!r}")
   s, cfg, params, tok, meta = workdir_lib.load_model(workdir, step)
   return LoadedModel(cfg, params, tok, meta, s, str(workdir))

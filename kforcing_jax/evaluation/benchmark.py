@@ -68,7 +68,7 @@ def _timed(pre, pre_args, run, run_args, repeats: int):
 
 def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens: int = 122, prompt_len: int = 6,
                  k: int = 0, sampler: str = AR_BASELINE, teacher: Optional[tuple] = None, repeats: int = 3,
-                 unroll: int = 1, seed: int = 0) -> dict:
+                 unroll: int = 1, seed: int = 0, readout: str = "argmax") -> dict:
   """Times one decoder at one batch size.
 
   Args:
@@ -83,12 +83,14 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
     repeats: timed repeats after compilation (median reported).
     unroll: scan unroll.
     seed: noise / prompt seed.
+    readout: pflm / verify readout.
   Returns:
     {"prefill_s", "loop_s", "tokens_per_s", "tokens_per_s_e2e", and "tokens_per_pass" with a teacher}.
   """
   tok, lens = _prompts(batch, prompt_len, cfg.vocab_size, seed)
   t_cfg, t_params = teacher if mode in dispatch.TEACHER_MODES else (None, None)
-  ph = dispatch.phases(mode, cfg, num_tokens, k=k, teacher_cfg=t_cfg, sampler=sampler, unroll=unroll)
+  ph = dispatch.phases(mode, cfg, num_tokens, k=k, teacher_cfg=t_cfg, readout=readout, sampler=sampler,
+                       unroll=unroll)
   u = ph.noise(seed, batch, tok.shape[1])
   res = _timed(ph.prefill, ph.prefill_args(params, t_params, tok, lens, u, 1.0), ph.loop,
                lambda s: ph.loop_args(params, t_params, s, u, 1.0), repeats)
@@ -103,8 +105,9 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
 def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] = (1, 2, 3, 4), *,
         ar_samplers: Sequence[str] = (AR_BASELINE, "icdf", "greedy"), ar_model: Optional[tuple] = None,
         teacher: Optional[tuple] = None, verify_k: Optional[int] = None, num_tokens: int = 122, prompt_len: int = 6,
-        repeats: int = 3, unroll: int = 1, progress: bool = True) -> dict:
-  """The full sweep: AR samplers, push-forward K, optional verify, for every batch size.
+        repeats: int = 3, unroll: int = 1, progress: bool = True, speculative: bool = False,
+        readout: str = "argmax") -> dict:
+  """The full sweep: AR samplers, push-forward K, optional verify / speculative, for every batch size.
 
   Args:
     cfg, params: the push-forward model.
@@ -113,7 +116,9 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
     ar_samplers: AR variants to time.
     ar_model: (cfg, params) for AR (default: the push-forward model's own AR path, identical cost).
     teacher: (cfg, params) AR teacher for verify mode (None: no verify line).
-    verify_k: drafts per verify pass (default: max(ks)).
+    verify_k: drafts per verify / speculative pass (default: max(ks)).
+    speculative: also time speculative decoding against `teacher`.
+    readout: the push-forward / verify readout ("argmax" | "sample").
     num_tokens, prompt_len, repeats, unroll: see `time_decoder`.
     progress: tqdm bar.
   Returns:
@@ -128,6 +133,8 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
   if teacher is not None:
     vk = verify_k or max(ks)
     jobs.append((f"verify_k{vk}", "verify", cfg, params, vk, None))
+    if speculative:
+      jobs.append((f"speculative_k{vk}", "speculative", cfg, params, vk, None))
   results = {}
   bar = tqdm(total=len(jobs) * len(batch_sizes), desc="bench", disable=not progress)
   for b in batch_sizes:
@@ -135,14 +142,15 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
     for name, mode, c, p, k, s in jobs:
       bar.set_postfix_str(f"B={b} {name}")
       results[str(b)][name] = time_decoder(mode, c, p, b, num_tokens=num_tokens, prompt_len=prompt_len, k=k,
-                                      sampler=s or AR_BASELINE, teacher=teacher, repeats=repeats, unroll=unroll)
+                                      sampler=s or AR_BASELINE, teacher=teacher, repeats=repeats, unroll=unroll,
+                                      readout=readout)
       bar.update()
   bar.close()
   base = f"ar_{AR_BASELINE}" if AR_BASELINE in ar_samplers else f"ar_{ar_samplers[0]}"
   speedup = {b: {n: r["tokens_per_s"] / results[b][base]["tokens_per_s"] for n, r in rows.items()}
              for b, rows in results.items()}
   return {"config": cfg.to_dict(), "baseline": base,
-          "settings": dict(batch_sizes=list(batch_sizes), ks=list(ks), num_tokens=num_tokens,
+          "settings": dict(batch_sizes=list(batch_sizes), ks=list(ks), num_tokens=num_tokens, readout=readout,
                            prompt_len=prompt_len, repeats=repeats, unroll=unroll, backend=jax.default_backend(),
                            devices=str(jax.devices()[0].device_kind)),
           "results": results, "speedup": speedup}
