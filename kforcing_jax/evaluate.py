@@ -5,19 +5,20 @@ r"""Evaluate a student against its teacher: `python -m kforcing_jax.evaluate --w
 Prints (and writes to --out) JSON on the held-out split: slot / prefix agreement with the teacher under shared
 noise, verify-mode tokens per teacher pass, and gen-PPL under the teacher, unigram entropy and distinct-2/3 of
 teacher, student and student-with-frequency-penalty samples. Logic: `kforcing_jax.evaluation.report`.
-Bad input (no checkpoint, different tokenizers, K outside 1..k_train, an existing --out): one line, exit 2.
+Every flag, --out (a new file in a writable folder) and both checkpoints' metadata are checked before a model is
+loaded; bad input is one line and exit status 2.
 """
 import json
-import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from kforcing_jax.evaluation import cli
+from kforcing_jax import cli, files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the push-forward student's workdir")
 _TEACHER = flags.DEFINE_string("teacher_workdir", None, "the AR teacher's workdir")
 _K = flags.DEFINE_integer("k", None, "slots / tokens per step (default: the student's k_max)")
+_READOUT = flags.DEFINE_enum("readout", None, ["argmax", "sample"], "student readout (default: as trained)")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "samples per decoder")
 _NUM_TOKENS = flags.DEFINE_integer("num_tokens", None, "new tokens per sample (default: seq_len - prompt_len)")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 6, "prompt tokens (bos included)")
@@ -26,29 +27,46 @@ _SEED = flags.DEFINE_integer("seed", 0, "noise seed")
 _OUT = flags.DEFINE_string("out", None, "output JSON (never overwritten)")
 
 
+def check_request(workdir, teacher_workdir, k=None, readout=None, num_samples=16, num_tokens=None, prompt_len=6,
+                  out=None) -> None:
+  """Every check that needs no params (flags, --out, both metas, tokenizers, K, lengths); raises ValueError."""
+  from kforcing_jax import workdir as workdir_lib
+  from kforcing_jax.decoding import dispatch
+  from kforcing_jax.models.config import ModelConfig
+
+  cli.at_least(num_samples, "num_samples")
+  cli.at_least(prompt_len, "prompt_len")
+  cli.at_least(num_tokens, "num_tokens")
+  if out:
+    files.check_new_file(out)
+  (_, s_meta), (_, t_meta) = workdir_lib.read_meta(workdir), workdir_lib.read_meta(teacher_workdir)
+  s_cfg, t_cfg = ModelConfig.from_dict(s_meta["model"]), ModelConfig.from_dict(t_meta["model"])
+  workdir_lib.check_same_tokenizer(s_meta.get("tokenizer") or {}, t_meta.get("tokenizer") or {},
+                                   f"student ({workdir})", f"teacher ({teacher_workdir})")
+  dispatch.resolve(s_cfg, "verify", k, t_cfg, readout, s_meta.get("readout"))
+  for c in (s_cfg, t_cfg):
+    if prompt_len + (num_tokens or 1) > c.max_len:
+      raise ValueError(f"--prompt_len {prompt_len} + --num_tokens {num_tokens or 1} exceed max_len={c.max_len}")
+
+
 def main(argv):
   del argv
   import kforcing_jax
   from kforcing_jax.evaluation import report
-  try:
-    if _OUT.value and os.path.exists(_OUT.value):
-      raise ValueError(f"{_OUT.value} exists; refusing to overwrite it")
-    result = report.evaluate(kforcing_jax.load(_WORKDIR.value), kforcing_jax.load(_TEACHER.value), k=_K.value,
-                             num_samples=_NUM_SAMPLES.value, prompt_len=_PROMPT_LEN.value,
-                             num_tokens=_NUM_TOKENS.value, freq_penalty=_FREQ_PENALTY.value, seed=_SEED.value)
-  except (ValueError, OSError) as e:
-    cli.fail(e)
-  text = json.dumps(result, indent=1, ensure_ascii=False)
+
+  check_request(_WORKDIR.value, _TEACHER.value, _K.value, _READOUT.value, _NUM_SAMPLES.value, _NUM_TOKENS.value,
+                _PROMPT_LEN.value, _OUT.value)
+  result = report.evaluate(kforcing_jax.load(_WORKDIR.value), kforcing_jax.load(_TEACHER.value), k=_K.value,
+                           num_samples=_NUM_SAMPLES.value, prompt_len=_PROMPT_LEN.value,
+                           num_tokens=_NUM_TOKENS.value, freq_penalty=_FREQ_PENALTY.value, seed=_SEED.value,
+                           readout=_READOUT.value, warn=lambda line: print(line, file=sys.stderr))
   if _OUT.value:
-    with open(_OUT.value + ".tmp", "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(_OUT.value + ".tmp", _OUT.value)
-  print(text)
+    files.write_json(_OUT.value, result)
+  print(json.dumps(result, indent=1, ensure_ascii=False))
 
 
 def run(argv=None):
-  parse = lambda a: cli.parse_flags(a, ["workdir", "teacher_workdir"])
-  app.run(main, argv=list(sys.argv if argv is None else argv), flags_parser=parse)
+  cli.run(main, argv, required=["workdir", "teacher_workdir"])
 
 
 if __name__ == "__main__":

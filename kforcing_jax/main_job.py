@@ -1,16 +1,17 @@
 """The demo main job: corpus + tokenizer -> AR teacher -> k = 1 -> 2 -> 4 students -> evaluation, samples, benchmark.
 
-Stages live in OUT/{ar,k1,k2,k4} (trainer workdirs, experiments/configs/tiny_cpu.py) and OUT/{eval_k2,eval_k4,
+Stages live in OUT/{ar,k1,k2,k4} (trainer workdirs, kforcing_jax/demo_config.py) and OUT/{eval_k2,eval_k4,
 bench_demo}.json. A finished training stage leaves OUT/<stage>/DONE.json (its final metrics) and is skipped on a
 rerun; an interrupted one resumes from its checkpoint (the trainer restores params, optimizer, RNG and data
 iterator); evaluation / benchmark files that exist are reused. `quick` runs every stage as a 20-step smoke run of a
 smaller model (the `runlocal` config arg plus the overrides below), a short evaluation and a small benchmark.
 """
-import importlib.util
 import json
 import os
 import time
 from typing import Optional
+
+from kforcing_jax import demo_config, files
 
 STAGES = (("ar", "stage=ar", None), ("k1", "stage=pflm,k=1", "ar"), ("k2", "stage=pflm,k=2", "k1"),
           ("k4", "stage=pflm,k=4", "k2"))
@@ -19,20 +20,9 @@ SUMMARY_KEYS = ("gen_ppl", "entropy", "slot_agreement", "tokens_per_s", "speedup
 STUDENT_KEYS = ("slot_kl", "speculative_tokens_per_pass", "verify_tokens_per_pass")
 
 
-def _config_module():
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  path = os.path.join(os.path.dirname(root), "experiments", "configs", "tiny_cpu.py")
-  if not os.path.exists(path):
-    raise ValueError(f"demo config not found at {path} (run from a source checkout)")
-  spec = importlib.util.spec_from_file_location("tiny_cpu_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def stage_config(arg: str, teacher_dir: Optional[str], quick: bool):
-  """The trainer config of one demo stage (tiny_cpu.py; quick: runlocal + a smaller model)."""
-  config = _config_module().get_config(arg + (",runlocal" if quick else ""))
+  """The trainer config of one demo stage (kforcing_jax/demo_config.py; quick: runlocal + a smaller model)."""
+  config = demo_config.get_config(arg + (",runlocal" if quick else ""))
   with config.unlocked():
     if teacher_dir:
       config.teacher_workdir = teacher_dir
@@ -46,9 +36,7 @@ def stage_config(arg: str, teacher_dir: Optional[str], quick: bool):
 
 
 def _write_json(path, obj):
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, obj)
 
 
 def _cached(path, make, log):

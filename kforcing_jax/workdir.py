@@ -148,6 +148,30 @@ def verify(workdir: str, step: int) -> Optional[str]:
   d = _step_dir(workdir, step)
   if not (d / MANIFEST).exists():
     return None
+  sig = _stat_signature(d)
+  if sig is not None and _VERIFIED.get(str(d)) == sig:
+    return None  # verified in this process and untouched since (e.g. read_meta, then the full restore)
+  why = _compare(d)
+  if why is None and sig is not None:
+    _VERIFIED[str(d)] = sig
+  return why
+
+
+_VERIFIED = {}
+
+
+def _stat_signature(d: epath.Path):
+  if "://" in str(d):
+    return None
+  out = []
+  for root, _, names in os.walk(str(d)):
+    for n in names:
+      st = os.stat(os.path.join(root, n))
+      out.append((os.path.join(root, n), st.st_size, st.st_mtime_ns, st.st_ino))
+  return tuple(sorted(out))
+
+
+def _compare(d: epath.Path) -> Optional[str]:
   try:
     want = json.loads((d / MANIFEST).read_text())["files"]
   except (ValueError, KeyError, OSError) as e:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kforcing_jax.decoding import ar, common, pflm, verify
+from kforcing_jax.decoding import common, dispatch
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.params import init_params
 
@@ -68,45 +68,36 @@ def _timed(pre, pre_args, run, run_args, repeats: int):
 
 def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens: int = 122, prompt_len: int = 6,
                  k: int = 0, sampler: str = AR_BASELINE, teacher: Optional[tuple] = None, repeats: int = 3,
-                 unroll: int = 1, seed: int = 0) -> dict:
+                 unroll: int = 1, seed: int = 0, readout: str = "argmax") -> dict:
   """Times one decoder at one batch size.
 
   Args:
-    mode: "ar" | "pflm" | "verify".
+    mode: "ar" | "pflm" | "verify" | "speculative" (`decoding.dispatch`).
     cfg, params: the decoding model (the student in verify mode).
     batch: rows.
     num_tokens: new tokens per row.
     prompt_len: prompt tokens per row.
     k: tokens per step (pflm / verify).
     sampler: AR sampler.
-    teacher: (cfg, params) of the AR teacher (verify mode).
+    teacher: (cfg, params) of the AR teacher (verify / speculative mode).
     repeats: timed repeats after compilation (median reported).
     unroll: scan unroll.
     seed: noise / prompt seed.
+    readout: pflm / verify readout.
   Returns:
-    {"prefill_s", "loop_s", "tokens_per_s", "tokens_per_s_e2e", and "tokens_per_pass" in verify mode}.
+    {"prefill_s", "loop_s", "tokens_per_s", "tokens_per_s_e2e", and "tokens_per_pass" with a teacher}.
   """
   tok, lens = _prompts(batch, prompt_len, cfg.vocab_size, seed)
-  width = tok.shape[1]
-  if mode == "ar":
-    u = common.position_noise(seed, batch, ar.noise_length(width, num_tokens))
-    pre, run = ar.phases(cfg, num_tokens, sampler, unroll)
-    res = _timed(pre, (params, tok, lens, u, 1.0), run, lambda s: (params, *s, u, 1.0), repeats)
-  elif mode == "pflm":
-    u = common.position_noise(seed, batch, pflm.noise_length(width, num_tokens, k))
-    pre, run = pflm.phases(cfg, k, num_tokens, False, unroll)
-    res = _timed(pre, (params, tok, lens, u, 1.0, 0.0), run, lambda s: (params, s, u, 1.0, 0.0), repeats)
-  elif mode == "verify":
-    t_cfg, t_params = teacher
-    u = common.position_noise(seed, batch, verify.noise_length(width, num_tokens, k))
-    pre, run = verify.phases(cfg, t_cfg, k, num_tokens)
-    res = _timed(pre, (params, t_params, tok, lens, u, 1.0), run, lambda s: (params, t_params, s, u, 1.0), repeats)
-  else:
-    raise ValueError(f"unknown mode {mode!r}")
+  t_cfg, t_params = teacher if mode in dispatch.TEACHER_MODES else (None, None)
+  ph = dispatch.phases(mode, cfg, num_tokens, k=k, teacher_cfg=t_cfg, readout=readout, sampler=sampler,
+                       unroll=unroll)
+  u = ph.noise(seed, batch, tok.shape[1])
+  res = _timed(ph.prefill, ph.prefill_args(params, t_params, tok, lens, u, 1.0), ph.loop,
+               lambda s: ph.loop_args(params, t_params, s, u, 1.0), repeats)
   pre_s, loop_s, out = res
   n = batch * num_tokens
   row = {"prefill_s": pre_s, "loop_s": loop_s, "tokens_per_s": n / loop_s, "tokens_per_s_e2e": n / (pre_s + loop_s)}
-  if mode == "verify":
+  if mode in dispatch.TEACHER_MODES:
     row["tokens_per_pass"] = float(num_tokens * batch / np.sum(np.asarray(out[1])))
   return row
 
@@ -114,8 +105,9 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
 def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] = (1, 2, 3, 4), *,
         ar_samplers: Sequence[str] = (AR_BASELINE, "icdf", "greedy"), ar_model: Optional[tuple] = None,
         teacher: Optional[tuple] = None, verify_k: Optional[int] = None, num_tokens: int = 122, prompt_len: int = 6,
-        repeats: int = 3, unroll: int = 1, progress: bool = True) -> dict:
-  """The full sweep: AR samplers, push-forward K, optional verify, for every batch size.
+        repeats: int = 3, unroll: int = 1, progress: bool = True, speculative: bool = False,
+        readout: str = "argmax") -> dict:
+  """The full sweep: AR samplers, push-forward K, optional verify / speculative, for every batch size.
 
   Args:
     cfg, params: the push-forward model.
@@ -124,7 +116,9 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
     ar_samplers: AR variants to time.
     ar_model: (cfg, params) for AR (default: the push-forward model's own AR path, identical cost).
     teacher: (cfg, params) AR teacher for verify mode (None: no verify line).
-    verify_k: drafts per verify pass (default: max(ks)).
+    verify_k: drafts per verify / speculative pass (default: max(ks)).
+    speculative: also time speculative decoding against `teacher`.
+    readout: the push-forward / verify readout ("argmax" | "sample").
     num_tokens, prompt_len, repeats, unroll: see `time_decoder`.
     progress: tqdm bar.
   Returns:
@@ -139,6 +133,8 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
   if teacher is not None:
     vk = verify_k or max(ks)
     jobs.append((f"verify_k{vk}", "verify", cfg, params, vk, None))
+    if speculative:
+      jobs.append((f"speculative_k{vk}", "speculative", cfg, params, vk, None))
   results = {}
   bar = tqdm(total=len(jobs) * len(batch_sizes), desc="bench", disable=not progress)
   for b in batch_sizes:
@@ -146,14 +142,15 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
     for name, mode, c, p, k, s in jobs:
       bar.set_postfix_str(f"B={b} {name}")
       results[str(b)][name] = time_decoder(mode, c, p, b, num_tokens=num_tokens, prompt_len=prompt_len, k=k,
-                                      sampler=s or AR_BASELINE, teacher=teacher, repeats=repeats, unroll=unroll)
+                                      sampler=s or AR_BASELINE, teacher=teacher, repeats=repeats, unroll=unroll,
+                                      readout=readout)
       bar.update()
   bar.close()
   base = f"ar_{AR_BASELINE}" if AR_BASELINE in ar_samplers else f"ar_{ar_samplers[0]}"
   speedup = {b: {n: r["tokens_per_s"] / results[b][base]["tokens_per_s"] for n, r in rows.items()}
              for b, rows in results.items()}
   return {"config": cfg.to_dict(), "baseline": base,
-          "settings": dict(batch_sizes=list(batch_sizes), ks=list(ks), num_tokens=num_tokens,
+          "settings": dict(batch_sizes=list(batch_sizes), ks=list(ks), num_tokens=num_tokens, readout=readout,
                            prompt_len=prompt_len, repeats=repeats, unroll=unroll, backend=jax.default_backend(),
                            devices=str(jax.devices()[0].device_kind)),
           "results": results, "speedup": speedup}

@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 
 from kforcing_jax import workdir
-from kforcing_jax.decoding import ar, common, pflm, speculative, verify
-from kforcing_jax.distill import readout as readout_lib
+from kforcing_jax import decoding
+from kforcing_jax.decoding import common
 from kforcing_jax.evaluation import metrics
 
 # The reference's recommended penalties for LM1B (method.md §3), by K.
@@ -43,7 +43,7 @@ def _chunks(docs, length: int, count: int) -> np.ndarray:
 def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16, prompt_len: int = 6,
              num_tokens: Optional[int] = None, freq_penalty: Optional[float] = None, seed: int = 0,
              agreement_seqs: int = 8, agreement_len: int = 64, texts: Optional[Sequence[str]] = None,
-             readout: Optional[str] = None) -> dict:
+             readout: Optional[str] = None, warn=None) -> dict:
   """Fidelity + quality of `student` (a LoadedModel) against `teacher` (a LoadedModel, AR).
 
   Args:
@@ -56,7 +56,8 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
     seed: noise seed shared by every decoder.
     agreement_seqs, agreement_len: held-out sequences for slot agreement.
     texts: held-out texts (default: the student's data config's validation split).
-    readout: the student's readout, "argmax" | "sample" (default: the one it was trained for, from its meta).
+    readout: the student's readout, "argmax" | "sample" (default: the checkpoint's, meta "readout").
+    warn: called with one line when a sampled readout is asked of an argmax-trained student.
   Returns:
     A JSON-able dict (see the module docstring).
   """
@@ -65,42 +66,49 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
   workdir.check_same_tokenizer(student.tokenizer.spec, teacher.tokenizer.spec, f"student ({student.workdir})",
                                f"teacher ({teacher.workdir})")
   s_cfg, t_cfg = student.config, teacher.config
-  k = s_cfg.k_max if k is None else int(k)
-  if not 1 <= k <= s_cfg.k_max:
-    raise ValueError(f"K={k} outside 1..{s_cfg.k_max}")
-  if num_samples <= 0:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+    raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+  if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 1:
+    raise ValueError(f"prompt_len must be an integer >= 1 (bos included), got {prompt_len!r}")
+  _, k, readout = decoding.resolve(s_cfg, "verify", k, t_cfg, readout, student.meta.get("readout") or "argmax", warn)
   seq_len = int(student.meta.get("config", {}).get("seq_len", s_cfg.max_len))
-  num_tokens = num_tokens or max(1, min(seq_len, s_cfg.max_len) - prompt_len)
-  lam = DEFAULT_PENALTY.get(k, 0.5) if freq_penalty is None else float(freq_penalty)
+  if num_tokens is None:
+    num_tokens = max(1, min(seq_len, s_cfg.max_len) - prompt_len)
+  sc = decoding.check_scalars(num_tokens, seed, 1.0, 1.0, DEFAULT_PENALTY.get(k, 0.5) if freq_penalty is None
+                              else freq_penalty)
+  num_tokens, lam, seed = sc["num_tokens"], sc["freq_penalty"], sc["seed"]
+  common.check_request(s_cfg, [prompt_len], num_tokens)
+  common.check_request(t_cfg, [prompt_len], num_tokens)
   docs = held_out_tokens(student, max(64, num_samples), texts)
   agreement_len = min(agreement_len, seq_len, s_cfg.max_len)
   seqs = _chunks(docs, agreement_len, agreement_seqs)
-  readout = readout_lib.check(readout or student.meta.get("readout", "argmax"))
   slot, prefix = metrics.slot_agreement(s_cfg, student.params, t_cfg, teacher.params, seqs, k, seed)
   fidelity = metrics.slot_fidelity(s_cfg, student.params, t_cfg, teacher.params, seqs, k, readout, seed)
 
   prompts = [list(map(int, r)) for r in _chunks(docs, prompt_len, num_samples)]
-  common.check_request(s_cfg, [prompt_len], num_tokens, k, 1.0, lam)
-  common.check_request(t_cfg, [prompt_len], num_tokens, None, 1.0)
   tok, plen = common.pad_prompts(prompts)
   tok, plen = jnp.asarray(tok), jnp.asarray(plen)
-  t_gen = ar.decoder(t_cfg, num_tokens)(teacher.params, tok, plen, seed, 1.0, 0)
-  s_gen = pflm.decoder(s_cfg, k, num_tokens, readout=readout)(student.params, tok, plen, seed, 1.0, 0.0, 0)
-  p_gen = pflm.decoder(s_cfg, k, num_tokens, True, readout=readout)(student.params, tok, plen, seed, 1.0, lam, 0)
-  v_gen, passes = verify.decoder(s_cfg, t_cfg, k, num_tokens, readout)(student.params, teacher.params, tok, plen,
-                                                                       seed, 1.0, 0)
-  _, s_passes, accepted = speculative.decoder(s_cfg, t_cfg, k, num_tokens)(student.params, teacher.params, tok,
-                                                                            plen, seed, 1.0, 0)
+
+  def run(mode, freq_penalty=0.0):
+    # The AR line is the teacher's own sample; every other line decodes with the student.
+    cfg, params = (t_cfg, teacher.params) if mode == "ar" else (s_cfg, student.params)
+    fn = decoding.make(mode, cfg, num_tokens, k=k, teacher_cfg=t_cfg, readout=readout, penalize=bool(freq_penalty))
+    return fn(params, tok, plen, seed=seed, freq_penalty=freq_penalty, teacher_params=teacher.params)
+
+  t_gen = run("ar").tokens
+  s_gen = run("pflm").tokens
+  p_gen = run("pflm", lam).tokens
+  ver = run("verify")
+  v_gen, passes = ver.tokens, ver.teacher_passes
+  spec = run("speculative")
   n_out = float(np.asarray(v_gen).size)
-  out = {"k": k, "readout": readout, "num_samples": len(prompts), "num_tokens": num_tokens,
-         "prompt_len": prompt_len, "freq_penalty": lam, "seed": seed, **fidelity,
-         "slot_agreement": slot, "prefix_agreement": prefix,
+  out = {"k": k, "readout": readout, "num_samples": len(prompts), "num_tokens": num_tokens, "prompt_len": prompt_len,
+         "freq_penalty": lam, "seed": seed, **fidelity, "slot_agreement": slot, "prefix_agreement": prefix,
          "verify": {"tokens_per_pass": n_out / float(np.sum(np.asarray(passes))),
                     "matches_teacher": float(np.mean(np.asarray(v_gen) == np.asarray(t_gen)))},
-         "speculative": {"tokens_per_pass": n_out / float(np.sum(np.asarray(s_passes))),
-                         "draft_acceptance": float(np.sum(np.asarray(accepted))) /
-                                             (k * float(np.sum(np.asarray(s_passes))))}}
+         "speculative": {"tokens_per_pass": n_out / float(np.sum(np.asarray(spec.teacher_passes))),
+                         "draft_acceptance": float(np.sum(np.asarray(spec.accepted))) /
+                                             (k * float(np.sum(np.asarray(spec.teacher_passes))))}}
   for name, gen in (("teacher", t_gen), ("student", s_gen), ("student_penalty", p_gen)):
     out[name] = metrics.sample_metrics(t_cfg, teacher.params, prompts, gen)
   out["examples"] = {name: student.tokenizer.decode([int(x) for x in np.asarray(gen)[0]])

@@ -6,7 +6,34 @@
   config.optim.min_lr_ratio   floor of the cosine, as a fraction of lr
   config.optim.b1, b2, eps, weight_decay, grad_clip (<= 0: no clipping)
 """
+import math
+
 import optax
+
+SCHEDULES = ("cosine", "constant")
+
+
+def validate(optim_cfg) -> None:
+  """Checks the optim block before anything runs (a NaN or negative lr trains without an error otherwise).
+
+  Raises:
+    ValueError: naming the field, e.g. "optim.lr must be a finite number > 0, got nan".
+  """
+  def number(name, ok, want):
+    v = optim_cfg[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+      raise ValueError(f"optim.{name} must be {want}, got {v!r}")
+
+  number("lr", lambda v: v > 0, "a finite number > 0")
+  number("warmup_steps", lambda v: v >= 0 and v == int(v), "an integer >= 0")
+  number("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]")
+  number("b1", lambda v: 0 <= v < 1, "in [0, 1)")
+  number("b2", lambda v: 0 <= v < 1, "in [0, 1)")
+  number("eps", lambda v: v > 0, "a finite number > 0")
+  number("weight_decay", lambda v: v >= 0, "a finite number >= 0")
+  number("grad_clip", lambda v: True, "a finite number (<= 0: no clipping)")
+  if optim_cfg.schedule not in SCHEDULES:
+    raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; expected one of {', '.join(SCHEDULES)}")
 
 
 def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:

@@ -61,6 +61,10 @@ def validate_config(config: ml_collections.ConfigDict):
       raise BadInputError(f"k must be >= 1 for stage pflm, got {config.k}")
     if not config.teacher_workdir:
       raise BadInputError("stage pflm needs --config.teacher_workdir=DIR (a trained AR or push-forward workdir)")
+  try:
+    optim.validate(config.optim)
+  except ValueError as e:
+    raise BadInputError(str(e)) from e
   for name in ("num_steps", "batch_size", "seq_len", "checkpoint_every"):
     if int(config[name]) <= 0:
       raise BadInputError(f"{name} must be > 0, got {config[name]}")
