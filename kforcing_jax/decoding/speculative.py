@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from kforcing_jax.decoding.common import gather_positions, position_noise
-from kforcing_jax.decoding.verify import cache_size, noise_length
+from kforcing_jax.decoding.verify import cache_size, commit, noise_length, score_drafts
 from kforcing_jax.distill import inverse_cdf
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
@@ -123,24 +123,14 @@ def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, nois
   u, ud, r_all, w_all = noises
   b = state["last"].shape[0]
   tau = jnp.full((b,), temperature, jnp.float32)
-  write = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
 
   def body(s):
-    active = s["n_acc"] < num_tokens
-    start = s["ct"]["len"]
-    feed = jnp.concatenate([s["last"][:, None], s["drafts"]], 1)
-    logits, _, ct = teacher.apply({"params": t_params}, feed, jnp.full((b,), k + 1, jnp.int32), s["ct"],
-                                  ctx_logits="all", method=teacher.decode)
-    pos = start[:, None] + 1 + jnp.arange(k + 1)[None, :]  # the positions teacher outputs 0..K predict
+    logits, ct, pos = score_drafts(teacher, t_params, s, k)
     t, m = _verify(logits, s["q_logits"], s["drafts"], gather_positions(r_all, pos[:, :k]),
                    gather_positions(w_all, pos), temperature)
-    n_new = jnp.where(active, m + 1, 0)
-    ct = dict(ct, len=start + n_new)
-    out = jnp.where(active[:, None], write(s["out"], t, s["n_acc"]), s["out"])
-    last = jnp.where(active, jnp.take_along_axis(t, m[:, None], 1)[:, 0], s["last"])
+    active, n_new, kept = commit(s, ct, t, m, num_tokens)
     drafts, q_logits, cs = _draft(student, s_params, t, n_new, s["cs"], u, ud, tau, k)
-    return {"cs": cs, "ct": ct, "drafts": drafts, "q_logits": q_logits, "last": last, "out": out,
-            "n_acc": s["n_acc"] + n_new, "iters": s["iters"] + active.astype(jnp.int32),
+    return {**kept, "cs": cs, "drafts": drafts, "q_logits": q_logits, "iters": s["iters"] + active.astype(jnp.int32),
             "accepted": s["accepted"] + jnp.where(active, m, 0)}
 
   s = jax.lax.while_loop(lambda s: jnp.any(s["n_acc"] < num_tokens), body, state)

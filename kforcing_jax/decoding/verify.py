@@ -76,6 +76,27 @@ def prefill(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, prompt_B
           "n_acc": zeros, "iters": zeros}
 
 
+def score_drafts(teacher, t_params, s, k: int):
+  """The teacher's cached pass over [last accepted token, drafts]: (logits [B, K+1, V], its cache, the positions
+  [B, K+1] its outputs predict)."""
+  b = s["last"].shape[0]
+  feed = jnp.concatenate([s["last"][:, None], s["drafts"]], 1)
+  logits, _, ct = teacher.apply({"params": t_params}, feed, jnp.full((b,), k + 1, jnp.int32), s["ct"],
+                                ctx_logits="all", method=teacher.decode)
+  return logits, ct, s["ct"]["len"][:, None] + 1 + jnp.arange(k + 1)[None, :]
+
+
+def commit(s, ct, t_BxK1, m_B, num_tokens: int):
+  """Keeps m accepted drafts + one teacher token per active row: (active [B], new tokens [B], updated state)."""
+  write = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
+  active = s["n_acc"] < num_tokens
+  n_new = jnp.where(active, m_B + 1, 0)
+  out = jnp.where(active[:, None], write(s["out"], t_BxK1, s["n_acc"]), s["out"])
+  last = jnp.where(active, jnp.take_along_axis(t_BxK1, m_B[:, None], 1)[:, 0], s["last"])
+  return active, n_new, {"ct": dict(ct, len=s["ct"]["len"] + n_new), "out": out, "last": last,
+                         "n_acc": s["n_acc"] + n_new}
+
+
 def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, u_BxS, temperature, *, k: int,
          num_tokens: int, readout: str = "argmax"):
   """Draft-verify iterations as one `lax.while_loop` until every row has num_tokens tokens.
@@ -86,24 +107,14 @@ def loop(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, state, u_Bx
   student, teacher = KForcingLM(s_cfg), KForcingLM(t_cfg)
   b = state["last"].shape[0]
   tau = jnp.full((b,), temperature, jnp.float32)
-  write = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
 
   def body(s):
-    active = s["n_acc"] < num_tokens
-    start = s["ct"]["len"]
-    feed = jnp.concatenate([s["last"][:, None], s["drafts"]], 1)
-    logits, _, ct = teacher.apply({"params": t_params}, feed, jnp.full((b,), k + 1, jnp.int32), s["ct"],
-                                  ctx_logits="all", method=teacher.decode)
-    pos = start[:, None] + 1 + jnp.arange(k + 1)[None, :]
+    logits, ct, pos = score_drafts(teacher, t_params, s, k)
     t = inverse_cdf.sample(logits, gather_positions(u_BxS, pos), temperature)
     m = jnp.sum(jnp.cumprod(s["drafts"] == t[:, :k], 1), 1).astype(jnp.int32)
-    n_new = jnp.where(active, m + 1, 0)
-    ct = dict(ct, len=start + n_new)
-    out = jnp.where(active[:, None], write(s["out"], t, s["n_acc"]), s["out"])
-    last = jnp.where(active, jnp.take_along_axis(t, m[:, None], 1)[:, 0], s["last"])
+    active, n_new, kept = commit(s, ct, t, m, num_tokens)
     drafts, cs = _draft(student, s_params, t, n_new, s["cs"], u_BxS, tau, k, readout)
-    return {"cs": cs, "ct": ct, "drafts": drafts, "last": last, "out": out, "n_acc": s["n_acc"] + n_new,
-            "iters": s["iters"] + active.astype(jnp.int32)}
+    return {**kept, "cs": cs, "drafts": drafts, "iters": s["iters"] + active.astype(jnp.int32)}
 
   s = jax.lax.while_loop(lambda s: jnp.any(s["n_acc"] < num_tokens), body, state)
   return s["out"][:, :num_tokens], s["iters"], s

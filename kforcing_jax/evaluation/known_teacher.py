@@ -39,10 +39,10 @@ class Settings:
   num_heads: int = 4
   mlp_dim: int = 256
   teacher_steps: int = 300
-  stage_steps: Sequence[int] = (200, 200, 200)   # k = 1, 2, 4
+  stage_steps: Sequence[int] = (150, 1200, 1500)   # k = 1, 2, 4
   stage_ks: Sequence[int] = (1, 2, 4)
   lr: float = 3e-3
-  distill_lr: float = 1e-3
+  distill_lr: float = 3e-3
   loss: str = "kl"
   readout: str = "sample"
   rollout: str = "student"
@@ -51,7 +51,7 @@ class Settings:
   noise_encoder_lr_mult: float = 1.0
   decision_weight: float = 1.0
   ema_decay: float = 0.0           # > 0: evaluate and keep an EMA of the student's params
-  eval_every: int = 50
+  eval_every: int = 300
   eval_seqs: int = 32
   decode_rows: int = 64
   decode_tokens: int = 24
