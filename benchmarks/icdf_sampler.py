@@ -1,6 +1,7 @@
 """The sorted inverse CDF (`ar_icdf`) against the vocabulary-order sampler (`ar_vocab_cdf`), side by side in one run.
 
-For each model: AR decoding tokens/s with either sampler (`evaluation.benchmark.time_decoder`, prefill excluded),
+For each model: AR decoding tokens/s with either sampler (the step loop of `decoding.ar.phases`, prefill excluded; both
+compiled first, then timed in alternation so that load drift on a shared machine hits both alike),
 and the sampler alone on the model's own next-token logits after the prompts (ms per call for [B, V]): the
 vocabulary-order sampler, `inverse_cdf.sample` and the full-sort reference `inverse_cdf.sample_full_sort`, plus
 the share of rows the top-k values serve without a sort. Models: the demo architecture (4 x 256, V=4096) and the
@@ -45,6 +46,30 @@ def _models(names, workdir):
   return out
 
 
+def decode_pair(cfg, params, batch, num_tokens, repeats):
+  """AR loop tokens/s with vocab_cdf and icdf, compiled first, then timed alternately (machine drift hits both)."""
+  from kforcing_jax.decoding import ar, common
+  from kforcing_jax.evaluation import benchmark
+
+  tok, lens = benchmark._prompts(batch, 6, cfg.vocab_size)
+  u = common.position_noise(0, batch, ar.noise_length(tok.shape[1], num_tokens))
+  runs = {}
+  for s in ("vocab_cdf", "icdf"):
+    pre, run = ar.phases(cfg, num_tokens, s)
+    pre_c = pre.lower(params, tok, lens, u, 1.0).compile()
+    state = jax.block_until_ready(pre_c(params, tok, lens, u, 1.0))
+    run_c = run.lower(params, *state, u, 1.0).compile()
+    jax.block_until_ready(run_c(params, *state, u, 1.0))  # untimed warm-up
+    runs[s] = (run_c, state)
+  times = {s: [] for s in runs}
+  for _ in range(repeats):
+    for s, (run_c, state) in runs.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(run_c(params, *state, u, 1.0))
+      times[s].append(time.perf_counter() - t0)
+  return {s: batch * num_tokens / statistics.median(t) for s, t in times.items()}
+
+
 def _ms(fn, args, repeats=20):
   c = jax.jit(fn).lower(*args).compile()
   jax.block_until_ready(c(*args))
@@ -76,8 +101,6 @@ def sampler_row(cfg, params, batch):
 
 def main(argv):
   del argv
-  from kforcing_jax.evaluation import benchmark
-
   batches = [int(b) for b in FLAGS.batch_sizes]
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}, "
         f"top-k {__import__('kforcing_jax.distill.inverse_cdf', fromlist=['x']).FAST_K}")
@@ -87,8 +110,7 @@ def main(argv):
           "| top-k mass (mean) | rows served by top-k |")
     print("|---|---|---|---|---|---|---|")
     for b in batches:
-      r = {s: benchmark.time_decoder("ar", cfg, params, b, num_tokens=FLAGS.num_tokens, sampler=s,
-                                     repeats=FLAGS.repeats)["tokens_per_s"] for s in ("vocab_cdf", "icdf")}
+      r = decode_pair(cfg, params, b, FLAGS.num_tokens, FLAGS.repeats)
       s = sampler_row(cfg, params, b)
       print(f"| {b} | {r['vocab_cdf']:.0f} | {r['icdf']:.0f} | {r['icdf'] / r['vocab_cdf']:.2f}x | "
             f"{s['vocab_cdf_ms']:.2f} / {s['icdf_ms']:.2f} / {s['full_sort_ms']:.2f} | {s['topk_mass']:.2f} | "
