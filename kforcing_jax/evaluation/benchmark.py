@@ -18,11 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kforcing_jax.decoding import ar, common, pflm, verify
+from kforcing_jax.decoding import ar, common, pflm, speculative, verify
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.params import init_params
 
 AR_BASELINE = "vocab_cdf"
+# The lossless modes (the teacher's exact distribution from one student draft + one teacher pass per iteration):
+# shared-noise verification and speculative (rejection) sampling. Row name: f"{mode}_k{K}".
+LOSSLESS = ("verify", "speculative")
 
 
 def paper_size_config(k_max: int = 4, dtype: str = "float32") -> ModelConfig:
@@ -72,19 +75,20 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
   """Times one decoder at one batch size.
 
   Args:
-    mode: "ar" | "pflm" | "verify".
+    mode: "ar" | "pflm" | "verify" | "speculative".
     cfg, params: the decoding model (the student in verify mode).
     batch: rows.
     num_tokens: new tokens per row.
     prompt_len: prompt tokens per row.
     k: tokens per step (pflm / verify).
     sampler: AR sampler.
-    teacher: (cfg, params) of the AR teacher (verify mode).
+    teacher: (cfg, params) of the AR teacher (lossless modes).
     repeats: timed repeats after compilation (median reported).
     unroll: scan unroll.
     seed: noise / prompt seed.
   Returns:
-    {"prefill_s", "loop_s", "tokens_per_s", "tokens_per_s_e2e", and "tokens_per_pass" in verify mode}.
+    {"prefill_s", "loop_s", "tokens_per_s", "tokens_per_s_e2e", and "tokens_per_pass" (tokens per teacher pass)
+    in the lossless modes}.
   """
   tok, lens = _prompts(batch, prompt_len, cfg.vocab_size, seed)
   width = tok.shape[1]
@@ -101,20 +105,30 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
     u = common.position_noise(seed, batch, verify.noise_length(width, num_tokens, k))
     pre, run = verify.phases(cfg, t_cfg, k, num_tokens)
     res = _timed(pre, (params, t_params, tok, lens, u, 1.0), run, lambda s: (params, t_params, s, u, 1.0), repeats)
+  elif mode == "speculative":
+    res = _time_speculative(cfg, params, teacher, tok, lens, k, num_tokens, repeats, seed)
   else:
     raise ValueError(f"unknown mode {mode!r}")
   pre_s, loop_s, out = res
   n = batch * num_tokens
   row = {"prefill_s": pre_s, "loop_s": loop_s, "tokens_per_s": n / loop_s, "tokens_per_s_e2e": n / (pre_s + loop_s)}
-  if mode == "verify":
+  if mode in LOSSLESS:  # out[1]: teacher passes per row
     row["tokens_per_pass"] = float(num_tokens * batch / np.sum(np.asarray(out[1])))
   return row
+
+
+def _time_speculative(cfg, params, teacher, tok, lens, k, num_tokens, repeats, seed):
+  t_cfg, t_params = teacher
+  noise_fn, pre, run = speculative.phases(cfg, t_cfg, k, num_tokens)
+  noises = noise_fn(seed, tok.shape[0], tok.shape[1])
+  return _timed(pre, (params, t_params, tok, lens, noises, 1.0), run,
+                lambda s: (params, t_params, s, noises, 1.0), repeats)
 
 
 def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] = (1, 2, 3, 4), *,
         ar_samplers: Sequence[str] = (AR_BASELINE, "icdf", "greedy"), ar_model: Optional[tuple] = None,
         teacher: Optional[tuple] = None, verify_k: Optional[int] = None, num_tokens: int = 122, prompt_len: int = 6,
-        repeats: int = 3, unroll: int = 1, progress: bool = True) -> dict:
+        repeats: int = 3, unroll: int = 1, progress: bool = True, lossless: Sequence[str] = LOSSLESS) -> dict:
   """The full sweep: AR samplers, push-forward K, optional verify, for every batch size.
 
   Args:
@@ -123,10 +137,11 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
     ks: push-forward K values (each <= cfg.k_max).
     ar_samplers: AR variants to time.
     ar_model: (cfg, params) for AR (default: the push-forward model's own AR path, identical cost).
-    teacher: (cfg, params) AR teacher for verify mode (None: no verify line).
-    verify_k: drafts per verify pass (default: max(ks)).
+    teacher: (cfg, params) AR teacher for the lossless modes (None: no lossless lines).
+    verify_k: drafts per lossless pass (default: max(ks)).
     num_tokens, prompt_len, repeats, unroll: see `time_decoder`.
     progress: tqdm bar.
+    lossless: lossless modes timed when a teacher is given (see `LOSSLESS`).
   Returns:
     {"config", "baseline", "settings", "results": {str(batch): {name: row}},
      "speedup": {str(batch): {name: x over the AR baseline}}}.
@@ -138,7 +153,7 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
   jobs += [(f"k{k}", "pflm", cfg, params, k, None) for k in ks]
   if teacher is not None:
     vk = verify_k or max(ks)
-    jobs.append((f"verify_k{vk}", "verify", cfg, params, vk, None))
+    jobs += [(f"{m}_k{vk}", m, cfg, params, vk, None) for m in lossless]
   results = {}
   bar = tqdm(total=len(jobs) * len(batch_sizes), desc="bench", disable=not progress)
   for b in batch_sizes:
