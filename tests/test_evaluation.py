@@ -92,9 +92,10 @@ def test_benchmark_report_and_plot(models, tmp_path):
                       ar_model=(t.config, t.params), teacher=(t.config, t.params), num_tokens=8, prompt_len=3,
                       repeats=1, progress=False)
   row = rep["results"]["2"]
-  assert set(row) == {"ar_vocab_cdf", "ar_greedy", "k1", "k4", "verify_k4"}
+  assert set(row) == {"ar_vocab_cdf", "ar_greedy", "k1", "k4", "verify_k4", "speculative_k4"}
   assert all(r["tokens_per_s"] > 0 and r["prefill_s"] > 0 for r in row.values())
-  assert 1.0 <= row["verify_k4"]["tokens_per_pass"] <= 5.0
+  for m in ("verify_k4", "speculative_k4"):  # one teacher pass emits 1..K+1 tokens
+    assert 1.0 <= row[m]["tokens_per_pass"] <= 5.0
   assert rep["speedup"]["2"]["ar_vocab_cdf"] == 1.0
   benchmark.plot_speedup(rep, str(tmp_path / "s.png"))
   assert (tmp_path / "s.png").exists() and "| k4 |" in benchmark.markdown_table(rep)

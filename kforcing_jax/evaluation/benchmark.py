@@ -105,7 +105,7 @@ def time_decoder(mode: str, cfg: ModelConfig, params, batch: int, *, num_tokens:
 def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] = (1, 2, 3, 4), *,
         ar_samplers: Sequence[str] = (AR_BASELINE, "icdf", "greedy"), ar_model: Optional[tuple] = None,
         teacher: Optional[tuple] = None, verify_k: Optional[int] = None, num_tokens: int = 122, prompt_len: int = 6,
-        repeats: int = 3, unroll: int = 1, progress: bool = True, speculative: bool = False,
+        repeats: int = 3, unroll: int = 1, progress: bool = True, speculative: bool = True,
         readout: str = "argmax") -> dict:
   """The full sweep: AR samplers, push-forward K, optional verify / speculative, for every batch size.
 
@@ -117,7 +117,7 @@ def run(cfg: ModelConfig, params, batch_sizes: Sequence[int], ks: Sequence[int] 
     ar_model: (cfg, params) for AR (default: the push-forward model's own AR path, identical cost).
     teacher: (cfg, params) AR teacher for verify mode (None: no verify line).
     verify_k: drafts per verify / speculative pass (default: max(ks)).
-    speculative: also time speculative decoding against `teacher`.
+    speculative: also time speculative decoding against `teacher` (both lossless modes by default).
     readout: the push-forward / verify readout ("argmax" | "sample").
     num_tokens, prompt_len, repeats, unroll: see `time_decoder`.
     progress: tqdm bar.

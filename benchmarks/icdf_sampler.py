@@ -1,0 +1,121 @@
+"""The sorted inverse CDF (`ar_icdf`) against the vocabulary-order sampler (`ar_vocab_cdf`), side by side in one run.
+
+For each model: AR decoding tokens/s with either sampler (the step loop of `decoding.ar.phases`, prefill excluded; both
+compiled first, then timed in alternation so that load drift on a shared machine hits both alike),
+and the sampler alone on the model's own next-token logits after the prompts (ms per call for [B, V]): the
+vocabulary-order sampler, `inverse_cdf.sample` and the full-sort reference `inverse_cdf.sample_full_sort`, plus
+the share of rows the top-k values serve without a sort. Models: the demo architecture (4 x 256, V=4096) and the
+paper size (12 x 768, V=30522), both with random weights (`benchmark.random_params`: nearly flat next-token
+distributions, the sort fallback's worst case), and optionally a trained AR model (`--workdir`).
+
+  python -m benchmarks.icdf_sampler                          # demo + paper size, B = 1, 8, 32
+  python -m benchmarks.icdf_sampler --workdir RUN/ar --models demo
+"""
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_list("models", ["demo", "paper"], "random-weight models to run: demo, paper")
+flags.DEFINE_string("workdir", None, "also a trained AR model (run directory)")
+flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "batch sizes")
+flags.DEFINE_integer("num_tokens", 122, "new tokens per row")
+flags.DEFINE_integer("repeats", 3, "timed repeats (median)")
+FLAGS = flags.FLAGS
+
+
+def _models(names, workdir):
+  from kforcing_jax.evaluation import benchmark
+
+  out = []
+  for n in names:
+    cfg = benchmark.paper_size_config(0)
+    if n == "demo":
+      cfg = cfg.replace(num_layers=4, d_model=256, num_heads=4, mlp_dim=1024, vocab_size=4096)
+    elif n != "paper":
+      raise ValueError(f"unknown model {n!r}; expected demo or paper")
+    out.append((f"{n} size, random weights", cfg, benchmark.random_params(cfg)))
+  if workdir:
+    import kforcing_jax
+
+    m = kforcing_jax.load(workdir)
+    out.append((f"trained AR {workdir}", m.config, m.params))
+  return out
+
+
+def decode_pair(cfg, params, batch, num_tokens, repeats):
+  """AR loop tokens/s with vocab_cdf and icdf, compiled first, then timed alternately (machine drift hits both)."""
+  from kforcing_jax.decoding import ar, common
+  from kforcing_jax.evaluation import benchmark
+
+  tok, lens = benchmark._prompts(batch, 6, cfg.vocab_size)
+  u = common.position_noise(0, batch, ar.noise_length(tok.shape[1], num_tokens))
+  runs = {}
+  for s in ("vocab_cdf", "icdf"):
+    pre, run = ar.phases(cfg, num_tokens, s)
+    pre_c = pre.lower(params, tok, lens, u, 1.0).compile()
+    state = jax.block_until_ready(pre_c(params, tok, lens, u, 1.0))
+    run_c = run.lower(params, *state, u, 1.0).compile()
+    jax.block_until_ready(run_c(params, *state, u, 1.0))  # untimed warm-up
+    runs[s] = (run_c, state)
+  times = {s: [] for s in runs}
+  for _ in range(repeats):
+    for s, (run_c, state) in runs.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(run_c(params, *state, u, 1.0))
+      times[s].append(time.perf_counter() - t0)
+  return {s: batch * num_tokens / statistics.median(t) for s, t in times.items()}
+
+
+def _ms(fn, args, repeats=20):
+  c = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(c(*args))
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(c(*args))
+    ts.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(ts)
+
+
+def sampler_row(cfg, params, batch):
+  """Sampler-only ms on the model's next-token logits after random prompts, and the top-k share of rows."""
+  from kforcing_jax.decoding import ar
+  from kforcing_jax.distill import inverse_cdf
+  from kforcing_jax.models.transformer import KForcingLM
+
+  rng = np.random.default_rng(0)
+  tok = jnp.asarray(rng.integers(1, cfg.vocab_size, size=(batch, 6)), jnp.int32)
+  logits = KForcingLM(cfg).apply({"params": params}, tok)[:, -1].astype(jnp.float32)
+  u = jax.random.uniform(jax.random.key(1), (batch,))
+  top = jax.lax.top_k(jax.nn.log_softmax(logits), inverse_cdf.FAST_K)[0]
+  served = float(jnp.mean(u < jnp.cumsum(jnp.exp(top), -1)[:, -1]))
+  mass = float(jnp.mean(jnp.sum(jnp.exp(top), -1)))
+  return {"vocab_cdf_ms": _ms(lambda l, u: ar.sample_token(l, u, 1.0, "vocab_cdf"), (logits, u)),
+          "icdf_ms": _ms(inverse_cdf.sample, (logits, u)),
+          "full_sort_ms": _ms(inverse_cdf.sample_full_sort, (logits, u)), "topk_mass": mass, "topk_served": served}
+
+
+def main(argv):
+  del argv
+  batches = [int(b) for b in FLAGS.batch_sizes]
+  print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}, "
+        f"top-k {__import__('kforcing_jax.distill.inverse_cdf', fromlist=['x']).FAST_K}")
+  for name, cfg, params in _models(FLAGS.models, FLAGS.workdir):
+    print(f"\n### {name}: {cfg.num_layers} x {cfg.d_model}, V={cfg.vocab_size}\n")
+    print("| B | ar_vocab_cdf tok/s | ar_icdf tok/s | ratio | sampler ms: vocab_cdf / icdf / full sort "
+          "| top-k mass (mean) | rows served by top-k |")
+    print("|---|---|---|---|---|---|---|")
+    for b in batches:
+      r = decode_pair(cfg, params, b, FLAGS.num_tokens, FLAGS.repeats)
+      s = sampler_row(cfg, params, b)
+      print(f"| {b} | {r['vocab_cdf']:.0f} | {r['icdf']:.0f} | {r['icdf'] / r['vocab_cdf']:.2f}x | "
+            f"{s['vocab_cdf_ms']:.2f} / {s['icdf_ms']:.2f} / {s['full_sort_ms']:.2f} | {s['topk_mass']:.2f} | "
+            f"{100 * s['topk_served']:.0f} % |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
