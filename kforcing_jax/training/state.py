@@ -76,7 +76,7 @@ def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
 
 
 def transfer(student_params, teacher_params, shardings):
-  """The student's init (method.md §6): every teacher tensor copied, the rest (an AR teacher has no noise
+  """The student's init (docs/method.md §6): every teacher tensor copied, the rest (an AR teacher has no noise
   encoder) kept fresh. Copies, so donating the student never frees the teacher's buffers."""
   flat = flax.traverse_util.flatten_dict(student_params)
   flat.update({k: v for k, v in flax.traverse_util.flatten_dict(teacher_params).items() if k in flat})

@@ -9,7 +9,7 @@ Stage "pflm": a push-forward student with window `config.k` learns, in one stair
 teacher (`config.teacher_workdir`), on data contexts with noises drawn fresh every step (distill/targets.py):
   targets="self_forcing"     AR teacher -> k=1 (inverse-CDF samples) or k-model -> 2k (two rollout steps);
   targets="noise_inversion"  AR teacher -> any k (data tokens, noises inverted through the teacher's CDF).
-The student starts as a copy of the teacher (method.md §6): every teacher tensor, plus a fresh noise encoder when
+The student starts as a copy of the teacher (docs/method.md §6): every teacher tensor, plus a fresh noise encoder when
 the teacher is AR. The teacher stays a separate frozen params tree; only its workdir path goes into the meta.
 
 Where the run starts (resume order):
