@@ -1,10 +1,14 @@
 """Train state: sharded init (eval_shape -> shardings -> jit(init, out_shardings)), teacher loading and transfer.
 
-The state is a dict {"params", "opt_state", "step", "rng"} (rng: raw uint32 key data, so it checkpoints as an
-array). The frozen teacher is a separate params pytree sharded like the student and never checkpointed with it.
+The state is a `TrainState` (a flax struct dataclass, so a pytree): params, opt_state, step and rng (raw uint32
+key data, so it checkpoints as an array). The frozen teacher is a separate params pytree sharded like the student
+and never checkpointed with it.
 """
+from typing import Any
+
 import flax
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,6 +17,19 @@ from kforcing_jax import workdir as workdir_lib
 from kforcing_jax.models import KForcingLM, ModelConfig
 from kforcing_jax.training import sharding
 from kforcing_jax.workdir import BadInputError
+
+
+@struct.dataclass
+class TrainState:
+  """What one optimizer step reads and writes; `checkpoint_items` is what a checkpoint stores beside the params."""
+  params: Any
+  opt_state: Any
+  step: Any
+  rng: Any
+
+  def checkpoint_items(self) -> dict:
+    """The "train_state" checkpoint item (the params are saved as their own item)."""
+    return {"opt_state": self.opt_state, "step": self.step, "rng": self.rng}
 
 
 def model_config(config: ml_collections.ConfigDict, k_max: int) -> ModelConfig:
@@ -37,7 +54,7 @@ def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
     rules: logical->mesh rules.
     seed: init / noise seed.
   Returns:
-    (state, state_shardings, abstract_state) - the last two describe the unboxed state.
+    (state, state_shardings, abstract_state): `TrainState`s of arrays, shardings and ShapeDtypeStructs.
   """
   model = KForcingLM(mcfg)
 
@@ -53,7 +70,7 @@ def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
     shardings = sharding.shardings_for(abstract_boxed, mesh, rules)
     state = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
   abstract = workdir_lib.to_abstract(nn.unbox(abstract_boxed), shardings)
-  return state, shardings, abstract
+  return TrainState(**state), TrainState(**shardings), TrainState(**abstract)
 
 
 def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
