@@ -17,6 +17,7 @@ Fields of the base config (every one can be overridden with --config.FIELD=VALUE
   data              the data block (kforcing_jax/data/corpora.py documents its fields)
   seq_len, batch_size (global), num_steps
   optim             lr, warmup_steps, schedule (cosine|constant), min_lr_ratio, b1, b2, eps, weight_decay, grad_clip
+  ema_decay         0: off; else checkpoints, evals and the next stage use the params' EMA at this decay
   log_every, eval_every (0: never), eval_batches, checkpoint_every, keep_checkpoints
   mesh, sharding_rules  [(axis, size)] and [(logical, mesh axis)] (kforcing_jax/training/sharding.py)
   num_devices       use the first N devices only (-1: all; for single-host debugging)
@@ -95,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seq_len = 128
   c.batch_size = 16
   c.num_steps = 1000
+  c.ema_decay = 0.0
   c.optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1,
                                            b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
   c.log_every = 10
@@ -115,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
 RECIPES = {
     "reference": {"loss": "ce", "readout": "argmax", "rollout": "teacher", "target_teacher": "previous",
                   "tau_range": [1.0, 1.0], "model.hint_noise": "current", "model.noise_features": "sinusoid",
-                  "optim.lr": 1e-4, "optim.schedule": "constant"},
+                  "optim.lr": 1e-4, "optim.schedule": "constant", "ema_decay": 0.999},
     "kf": {"loss": "kl", "readout": "sample", "rollout": "student", "target_teacher": "ar",
            "model.hint_noise": "previous", "optim.lr": 1e-3},
 }

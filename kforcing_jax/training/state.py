@@ -26,10 +26,27 @@ class TrainState:
   opt_state: Any
   step: Any
   rng: Any
+  ema: Any = None   # exponential moving average of the params (config.ema_decay > 0), else None
+
+  @property
+  def served_params(self):
+    """The params a checkpoint's "params" item holds, evaluated and served: the EMA when there is one."""
+    return self.params if self.ema is None else self.ema
 
   def checkpoint_items(self) -> dict:
-    """The "train_state" checkpoint item (the params are saved as their own item)."""
-    return {"opt_state": self.opt_state, "step": self.step, "rng": self.rng}
+    """The "train_state" checkpoint item (the served params are their own item; with an EMA, the raw params
+    travel here)."""
+    items = {"opt_state": self.opt_state, "step": self.step, "rng": self.rng}
+    if self.ema is not None:
+      items["raw_params"] = self.params
+    return items
+
+  @classmethod
+  def from_checkpoint(cls, params, train_state: dict) -> "TrainState":
+    """The inverse of (`served_params`, `checkpoint_items`)."""
+    items = dict(train_state)
+    raw = items.pop("raw_params", None)
+    return cls(params=params, **items) if raw is None else cls(params=raw, ema=params, **items)
 
 
 def model_config(config: ml_collections.ConfigDict, k_max: int) -> ModelConfig:

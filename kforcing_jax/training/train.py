@@ -38,7 +38,7 @@ from kforcing_jax import workdir as workdir_lib
 from kforcing_jax.distill import losses
 from kforcing_jax.distill import objectives
 from kforcing_jax.models import KForcingLM, ModelConfig
-from kforcing_jax.training import inputs, optim, sharding
+from kforcing_jax.training import inputs, mesh_presets, optim, sharding
 from kforcing_jax.training import state as state_lib
 from kforcing_jax.training.metrics_writer import MetricsWriter
 from kforcing_jax.workdir import BadInputError
@@ -67,6 +67,8 @@ def validate_config(config: ml_collections.ConfigDict):
     optim.validate(config.optim)
   except ValueError as e:
     raise BadInputError(str(e)) from e
+  if not 0.0 <= float(config.ema_decay) < 1.0:
+    raise BadInputError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
   for name in ("num_steps", "batch_size", "seq_len", "checkpoint_every"):
     if int(config[name]) <= 0:
       raise BadInputError(f"{name} must be > 0, got {config[name]}")
@@ -84,9 +86,7 @@ def _mesh(config):
     mesh = sharding.make_mesh(config.mesh, devices)
   except ValueError as e:
     raise BadInputError(str(e)) from e
-  batch_axes = dict(sharding.rules_tuple(config.sharding_rules)).get("batch") or ()
-  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else batch_axes
-  shards = int(np.prod([mesh.shape[a] for a in batch_axes]))
+  shards = int(np.prod([mesh.shape[a] for a in mesh_presets.batch_axes(config.sharding_rules)]))
   if int(config.batch_size) % shards:
     raise BadInputError(f"batch_size={config.batch_size} does not split over the {shards} batch shards of the mesh")
   return mesh
@@ -122,8 +122,9 @@ def make_loss_fn(config, model, teacher_model, obj=None):
   return loss_fn
 
 
-def make_train_step(loss_fn, tx, schedule):
-  """One optimizer step on a `TrainState`; noises / dropout come from the state's key folded with the step."""
+def make_train_step(loss_fn, tx, schedule, ema_decay: float = 0.0):
+  """One optimizer step on a `TrainState`; noises / dropout come from the state's key folded with the step; with
+  ema_decay > 0 the state's EMA moves toward the new params."""
 
   def train_step(state, teacher_params, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -133,7 +134,10 @@ def make_train_step(loss_fn, tx, schedule):
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step),
                    params_finite=jnp.isfinite(optax.tree.norm(params)).astype(jnp.float32))
-    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+    ema = state.ema
+    if ema_decay > 0:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1, ema=ema), metrics
 
   return train_step
 
@@ -211,6 +215,9 @@ def init_train_state(run: Run, tx, train_iter):
   """
   state, state_sh, abstract = state_lib.init_state(run.mcfg, tx, run.mesh, run.rules, int(run.config.seed))
   param_sh = state_sh.params
+  use_ema = float(run.config.ema_decay) > 0
+  if use_ema:
+    state_sh, abstract = state_sh.replace(ema=param_sh), abstract.replace(ema=abstract.params)
   teacher_params = init_params = None
   if run.stage == "pflm":
     # The student starts from `source`; the targets come from `target_dir` (the same model unless
@@ -223,7 +230,7 @@ def init_train_state(run: Run, tx, train_iter):
                                      abstract_train_state=abstract.checkpoint_items(),
                                      data_state=grain.checkpoint.CheckpointRestore(train_iter),
                                      items=("params", "train_state", "data"), move_bad=True)
-    state = state_lib.TrainState(params=out["params"], **out["train_state"])
+    state = state_lib.TrainState.from_checkpoint(out["params"], out["train_state"])
     num_steps = int(run.config.num_steps)
     workdir_lib.notice(f"resumed {run.workdir} at step {start}" if start < num_steps else
                        f"nothing to do: {run.workdir} is at step {start} >= num_steps={num_steps}")
@@ -233,6 +240,8 @@ def init_train_state(run: Run, tx, train_iter):
   elif run.source:
     _, out = workdir_lib.restore(run.source, abstract_params=abstract.params)
     state = state.replace(params=state_lib.transfer(state.params, out["params"], param_sh))
+  if use_ema:
+    state = state.replace(ema=jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_sh)(state.params))
   return state, state_sh, 0, teacher_params
 
 
@@ -244,7 +253,7 @@ def compile_steps(run: Run, tx, schedule, state_sh, teacher_params):
   loss_fn = make_loss_fn(run.config, KForcingLM(run.mcfg), teacher_model, run.obj)
   batch_sh = {n: sharding.batch_sharding(run.mesh, run.rules, 2) for n in ("tokens", "loss_mask")}
   repl = sharding.replicated(run.mesh)
-  train_step = jax.jit(make_train_step(loss_fn, tx, schedule), in_shardings=(state_sh, teacher_sh, batch_sh),
+  train_step = jax.jit(make_train_step(loss_fn, tx, schedule, float(run.config.ema_decay)), in_shardings=(state_sh, teacher_sh, batch_sh),
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
   eval_step = jax.jit(functools.partial(loss_fn, train=False),
                       in_shardings=(state_sh.params, teacher_sh, batch_sh, repl), out_shardings=(repl, repl))
@@ -330,7 +339,7 @@ def train_loop(run: Run, state, start: int, train_step, teacher_params, train_it
 
   with sharding.activate(run.mesh, run.rules):
     if start == 0 and eval_every > 0:
-      writer.write(0, evaluate(state.params), "eval")
+      writer.write(0, evaluate(state.served_params), "eval")
     pending = None
     try:
       for step in range(start + 1, num_steps + 1):
@@ -347,15 +356,15 @@ def train_loop(run: Run, state, start: int, train_step, teacher_params, train_it
           flush(*pending)  # also the finiteness check: a checkpoint is never written from a NaN state
           pending = None
           if do_ckpt:
-            ckpt.save(step, state.params, {**meta, "step": step}, train_state=state.checkpoint_items(),
+            ckpt.save(step, state.served_params, {**meta, "step": step}, train_state=state.checkpoint_items(),
                       data_state=grain.checkpoint.CheckpointSave(train_iter))
           if do_eval:
-            ev = evaluate(state.params)
+            ev = evaluate(state.served_params)
             writer.write(step, ev, "eval")
             final.update({f"eval/{n}": v for n, v in ev.items()})
         final["step"] = step
       if start >= num_steps and eval_every > 0:
-        final.update({f"eval/{n}": v for n, v in evaluate(state.params).items()})
+        final.update({f"eval/{n}": v for n, v in evaluate(state.served_params).items()})
     finally:
       ckpt.close()
       writer.close()
