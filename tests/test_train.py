@@ -242,3 +242,12 @@ def test_ema_checkpoints_serve_the_average(corpus, tmp_path):
   jax.tree.map(lambda e2, e1, r2: np.testing.assert_allclose(e2, 0.5 * e1 + 0.5 * r2, rtol=1e-6, atol=1e-7),
                ema[2], ema[1], raw2)
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ema[2]), jax.tree.leaves(raw2)))
+
+
+def test_tokenizer_that_does_not_fit_the_model_is_refused_before_training(corpus, tmp_path):
+  # Issue 12 case 4: a 320-id bytes tokenizer with model.vocab_size 4096 trained, then load refused the result.
+  cfg = tiny(corpus)
+  cfg.model.vocab_size = 4096
+  with pytest.raises(BadInputError, match="model.vocab_size=4096"):
+    train.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
