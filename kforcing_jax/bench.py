@@ -16,22 +16,6 @@ from absl import flags
 
 from kforcing_jax import cli, files
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a push-forward checkpoint to benchmark")
-_TEACHER = flags.DEFINE_string("teacher_workdir", None, "its AR teacher (AR lines + verify mode)")
-_SPECULATIVE = flags.DEFINE_bool("speculative", False, "also time speculative decoding (needs --teacher_workdir)")
-_READOUT = flags.DEFINE_enum("readout", None, ["argmax", "sample"], "push-forward readout (default: as trained)")
-_PAPER = flags.DEFINE_bool("paper_size", False, "benchmark 12 x 768, vocab 30522 random weights")
-_DEMO = flags.DEFINE_bool("demo_size", False, "benchmark the demo architecture (4 x 256, vocab 4096), random weights")
-_BATCHES = flags.DEFINE_list("batch_sizes", None, "batch sizes (default 1,8,32; --quick 1,2)")
-_KS = flags.DEFINE_list("ks", ["1", "2", "3", "4"], "push-forward K values")
-_SAMPLERS = flags.DEFINE_list("ar_samplers", ["vocab_cdf", "icdf", "greedy"], "AR samplers to time")
-_NUM_TOKENS = flags.DEFINE_integer("num_tokens", 122, "new tokens per row")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 6, "prompt tokens per row")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats after one warm-up")
-_UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "paper-size compute dtype")
-_QUICK = flags.DEFINE_bool("quick", False, "smoke run: batch 1,2, 12 tokens, 1 repeat, tiny paper-size stand-in")
-_OUT = flags.DEFINE_string("out", None, "output directory for JSON + PNG")
 AR_SAMPLERS = ("vocab_cdf", "icdf", "greedy")
 
 
@@ -118,16 +102,37 @@ def _load_pair(workdir, teacher_workdir, k, readout):
   return model.config, model.params, teacher, readout
 
 
+def define_flags() -> None:
+  """Defines this tool's flags (called by `run`, so the tools' library functions can be imported together)."""
+  flags.DEFINE_string("workdir", None, "a push-forward checkpoint to benchmark")
+  flags.DEFINE_string("teacher_workdir", None, "its AR teacher (AR lines + verify mode)")
+  flags.DEFINE_bool("speculative", False, "also time speculative decoding (needs --teacher_workdir)")
+  flags.DEFINE_enum("readout", None, ["argmax", "sample"], "push-forward readout (default: as trained)")
+  flags.DEFINE_bool("paper_size", False, "benchmark 12 x 768, vocab 30522 random weights")
+  flags.DEFINE_bool("demo_size", False, "benchmark the demo architecture (4 x 256, vocab 4096), random weights")
+  flags.DEFINE_list("batch_sizes", None, "batch sizes (default 1,8,32; --quick 1,2)")
+  flags.DEFINE_list("ks", ["1", "2", "3", "4"], "push-forward K values")
+  flags.DEFINE_list("ar_samplers", ["vocab_cdf", "icdf", "greedy"], "AR samplers to time")
+  flags.DEFINE_integer("num_tokens", 122, "new tokens per row")
+  flags.DEFINE_integer("prompt_len", 6, "prompt tokens per row")
+  flags.DEFINE_integer("repeats", 3, "timed repeats after one warm-up")
+  flags.DEFINE_integer("unroll", 1, "lax.scan unroll")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "paper-size compute dtype")
+  flags.DEFINE_bool("quick", False, "smoke run: batch 1,2, 12 tokens, 1 repeat, tiny paper-size stand-in")
+  flags.DEFINE_string("out", None, "output directory for JSON + PNG")
+
+
 def main(argv):
   del argv
   from kforcing_jax.evaluation import benchmark
-  report = bench(_WORKDIR.value, _TEACHER.value, _PAPER.value, _BATCHES.value, _KS.value, _SAMPLERS.value,
-                 _NUM_TOKENS.value, _PROMPT_LEN.value, _REPEATS.value, _UNROLL.value, _DTYPE.value, _QUICK.value,
-                 _OUT.value, demo_size=_DEMO.value, speculative=_SPECULATIVE.value, readout=_READOUT.value)
+  f = flags.FLAGS
+  report = bench(f.workdir, f.teacher_workdir, f.paper_size, f.batch_sizes, f.ks, f.ar_samplers, f.num_tokens,
+                 f.prompt_len, f.repeats, f.unroll, f.dtype, f.quick, f.out, demo_size=f.demo_size,
+                 speculative=f.speculative, readout=f.readout)
   print(benchmark.markdown_table(report))
 
-
 def run(argv=None):
+  define_flags()
   cli.run(main, argv)
 
 

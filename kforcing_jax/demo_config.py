@@ -1,5 +1,8 @@
 r"""The demo's scale: a 4 x 256 AR teacher on the King James Bible (BPE 4096) and its k = 1 -> 2 -> 4 students.
 
+The config of `python -m kforcing_jax.demo` (kforcing_jax/main_job.py), shipped inside the package so that the demo
+runs from an installed wheel; experiments/configs/tiny_cpu.py points the trainer CLI here:
+
   python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=ar --workdir /tmp/kf/ar
   python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=1 --workdir /tmp/kf/k1 \
       --config.teacher_workdir=/tmp/kf/ar
@@ -8,17 +11,18 @@ r"""The demo's scale: a 4 x 256 AR teacher on the King James Bible (BPE 4096) an
   python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=4 --workdir /tmp/kf/k4 \
       --config.teacher_workdir=/tmp/kf/k2
 
-Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, runlocal (a 20-step smoke run),
+Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, recipe=reference|kf (a pflm stage takes
+`config_lib.RECIPES[recipe]`; default: the demo's own values below), runlocal (a 20-step smoke run),
 strategy=dp|fsdp|tp|fsdp_tp with model_parallel=N, num_slices=N (mesh presets; default: the one-axis data mesh).
-Hardware: 2 CPU cores (Intel Xeon), 24 GiB, no accelerator. Measured wall-clock on the idle machine, compile, evals
-and checkpoints included (docs/results.md): ar 0.72 s/step (600 steps took 433 s; the demo runs 450), k=1 80 steps
-129 s, k=2 50 steps 77 s, k=4 30 steps 70 s.
+Hardware: 2 CPU cores, no accelerator. Expected wall-clock: about 6 min for the AR stage and 1-2 min per pflm
+stage on an idle machine (measured in docs/results.md).
 """
 from kforcing_jax.training import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, stage="ar", k=1, targets="self_forcing", runlocal=False, **config_lib.STRATEGY_ARGS)
+  a = config_lib.parse_arg(arg, stage="ar", k=1, targets="self_forcing", recipe="", runlocal=False,
+                           **config_lib.STRATEGY_ARGS)
   c = config_lib.base_config()
   c.stage, c.k, c.targets = a.stage, a.k, a.targets
   config_lib.apply_strategy(c, a)
@@ -34,6 +38,7 @@ def get_config(arg=None):
     c.seq_len = 64
     c.num_steps = {1: 80, 2: 50, 4: 30}.get(a.k, 30)
     c.optim.update(lr=5e-4, warmup_steps=20)
+    config_lib.apply_recipe(c, a.recipe)
   c.log_every = 10
   c.eval_every = max(c.num_steps // (4 if a.stage == "ar" else 2), 1)
   c.eval_batches = 4

@@ -15,16 +15,6 @@ from absl import flags
 
 from kforcing_jax import cli, files
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "the push-forward student's workdir")
-_TEACHER = flags.DEFINE_string("teacher_workdir", None, "the AR teacher's workdir")
-_K = flags.DEFINE_integer("k", None, "slots / tokens per step (default: the student's k_max)")
-_READOUT = flags.DEFINE_enum("readout", None, ["argmax", "sample"], "student readout (default: as trained)")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "samples per decoder")
-_NUM_TOKENS = flags.DEFINE_integer("num_tokens", None, "new tokens per sample (default: seq_len - prompt_len)")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 6, "prompt tokens (bos included)")
-_FREQ_PENALTY = flags.DEFINE_float("freq_penalty", None, "penalty of the penalised line (default by K)")
-_SEED = flags.DEFINE_integer("seed", 0, "noise seed")
-_OUT = flags.DEFINE_string("out", None, "output JSON (never overwritten)")
 
 
 def check_request(workdir, teacher_workdir, k=None, readout=None, num_samples=16, num_tokens=None, prompt_len=6,
@@ -49,23 +39,37 @@ def check_request(workdir, teacher_workdir, k=None, readout=None, num_samples=16
       raise ValueError(f"--prompt_len {prompt_len} + --num_tokens {num_tokens or 1} exceed max_len={c.max_len}")
 
 
+def define_flags() -> None:
+  """Defines this tool's flags (called by `run`, so the tools' library functions can be imported together)."""
+  flags.DEFINE_string("workdir", None, "the push-forward student's workdir")
+  flags.DEFINE_string("teacher_workdir", None, "the AR teacher's workdir")
+  flags.DEFINE_integer("k", None, "slots / tokens per step (default: the student's k_max)")
+  flags.DEFINE_enum("readout", None, ["argmax", "sample"], "student readout (default: as trained)")
+  flags.DEFINE_integer("num_samples", 16, "samples per decoder")
+  flags.DEFINE_integer("num_tokens", None, "new tokens per sample (default: seq_len - prompt_len)")
+  flags.DEFINE_integer("prompt_len", 6, "prompt tokens (bos included)")
+  flags.DEFINE_float("freq_penalty", None, "penalty of the penalised line (default by K)")
+  flags.DEFINE_integer("seed", 0, "noise seed")
+  flags.DEFINE_string("out", None, "output JSON (never overwritten)")
+
+
 def main(argv):
   del argv
   import kforcing_jax
   from kforcing_jax.evaluation import report
 
-  check_request(_WORKDIR.value, _TEACHER.value, _K.value, _READOUT.value, _NUM_SAMPLES.value, _NUM_TOKENS.value,
-                _PROMPT_LEN.value, _OUT.value)
-  result = report.evaluate(kforcing_jax.load(_WORKDIR.value), kforcing_jax.load(_TEACHER.value), k=_K.value,
-                           num_samples=_NUM_SAMPLES.value, prompt_len=_PROMPT_LEN.value,
-                           num_tokens=_NUM_TOKENS.value, freq_penalty=_FREQ_PENALTY.value, seed=_SEED.value,
-                           readout=_READOUT.value, warn=lambda line: print(line, file=sys.stderr))
-  if _OUT.value:
-    files.write_json(_OUT.value, result)
+  f = flags.FLAGS
+  check_request(f.workdir, f.teacher_workdir, f.k, f.readout, f.num_samples, f.num_tokens, f.prompt_len, f.out)
+  result = report.evaluate(kforcing_jax.load(f.workdir), kforcing_jax.load(f.teacher_workdir), k=f.k,
+                           num_samples=f.num_samples, prompt_len=f.prompt_len, num_tokens=f.num_tokens,
+                           freq_penalty=f.freq_penalty, seed=f.seed, readout=f.readout,
+                           warn=lambda line: print(line, file=sys.stderr))
+  if f.out:
+    files.write_json(f.out, result)
   print(json.dumps(result, indent=1, ensure_ascii=False))
 
-
 def run(argv=None):
+  define_flags()
   cli.run(main, argv, required=["workdir", "teacher_workdir"])
 
 

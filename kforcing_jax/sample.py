@@ -18,22 +18,6 @@ from absl import flags
 
 from kforcing_jax import cli, files
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory with checkpoints/ and tokenizer/")
-_PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt (repeatable)")
-_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "UTF-8 text file, one prompt per non-blank line")
-_MODE = flags.DEFINE_enum("mode", None, ["ar", "pflm", "verify", "speculative"],
-                          "decoder (default: pflm for a push-forward model, ar for an AR one or --k 0)")
-_K = flags.DEFINE_integer("k", None, "tokens per step (default: the model's k_max; 0 = AR sampling)")
-_NUM_TOKENS = flags.DEFINE_integer("num_tokens", 64, "new tokens per prompt")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "softmax temperature (AR; the teacher in verify/speculative)")
-_TAU = flags.DEFINE_float("tau", 1.0, "the push-forward noise encoder's tau (pflm mode)")
-_READOUT = flags.DEFINE_enum("readout", None, ["argmax", "sample"], "push-forward readout (default: as trained)")
-_SEED = flags.DEFINE_integer("seed", 0, "noise seed")
-_FREQ_PENALTY = flags.DEFINE_float("freq_penalty", 0.0, "push-forward frequency penalty (0 = off)")
-_VERIFY_WITH = flags.DEFINE_string("verify_with", None, "AR teacher workdir: lossless draft-and-verify mode")
-_SPECULATIVE_WITH = flags.DEFINE_string("speculative_with", None, "AR teacher workdir: exact speculative sampling")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "prompts per decoder call")
-_OUT = flags.DEFINE_string("out", None, "output JSONL (default: stdout); never overwritten")
 
 
 def read_prompts(prompts, prompt_file):
@@ -128,15 +112,36 @@ def sample_to_jsonl(workdir, prompts, num_tokens, k=None, temperature=1.0, seed=
   return records
 
 
+def define_flags() -> None:
+  """Defines this tool's flags (called by `run`, so the tools' library functions can be imported together)."""
+  flags.DEFINE_string("workdir", None, "run directory with checkpoints/ and tokenizer/")
+  flags.DEFINE_multi_string("prompt", [], "a prompt (repeatable)")
+  flags.DEFINE_string("prompt_file", None, "UTF-8 text file, one prompt per non-blank line")
+  flags.DEFINE_enum("mode", None, ["ar", "pflm", "verify", "speculative"],
+                    "decoder (default: pflm for a push-forward model, ar for an AR one or --k 0)")
+  flags.DEFINE_integer("k", None, "tokens per step (default: the model's k_max; 0 = AR sampling)")
+  flags.DEFINE_integer("num_tokens", 64, "new tokens per prompt")
+  flags.DEFINE_float("temperature", 1.0, "softmax temperature (AR; the teacher in verify/speculative)")
+  flags.DEFINE_float("tau", 1.0, "the push-forward noise encoder's tau (pflm mode)")
+  flags.DEFINE_enum("readout", None, ["argmax", "sample"], "push-forward readout (default: as trained)")
+  flags.DEFINE_integer("seed", 0, "noise seed")
+  flags.DEFINE_float("freq_penalty", 0.0, "push-forward frequency penalty (0 = off)")
+  flags.DEFINE_string("verify_with", None, "AR teacher workdir: lossless draft-and-verify mode")
+  flags.DEFINE_string("speculative_with", None, "AR teacher workdir: exact speculative sampling")
+  flags.DEFINE_integer("batch_size", 16, "prompts per decoder call")
+  flags.DEFINE_string("out", None, "output JSONL (default: stdout); never overwritten")
+
+
 def main(argv):
   del argv
-  prompts, names = read_prompts(_PROMPT.value, _PROMPT_FILE.value)
-  sample_to_jsonl(_WORKDIR.value, prompts, _NUM_TOKENS.value, _K.value, _TEMPERATURE.value, _SEED.value,
-                  _FREQ_PENALTY.value, _VERIFY_WITH.value, _BATCH_SIZE.value, _OUT.value, names=names,
-                  mode=_MODE.value, speculative_with=_SPECULATIVE_WITH.value, readout=_READOUT.value, tau=_TAU.value)
-
+  f = flags.FLAGS
+  prompts, names = read_prompts(f.prompt, f.prompt_file)
+  sample_to_jsonl(f.workdir, prompts, f.num_tokens, f.k, f.temperature, f.seed, f.freq_penalty, f.verify_with,
+                  f.batch_size, f.out, names=names, mode=f.mode, speculative_with=f.speculative_with,
+                  readout=f.readout, tau=f.tau)
 
 def run(argv=None):
+  define_flags()
   cli.run(main, argv, required=["workdir"])
 
 

@@ -175,15 +175,23 @@ def test_config_mesh_must_fit_the_slice(capsys, tmp_path, mesh, num_slices, msg)
 
 
 def test_strategy_config_arg_picks_a_mesh_preset(capsys):
+  import importlib.util
+
   from kforcing_jax.training import config_lib, mesh_presets
 
-  c = config_lib.paper_config("owt", "stage=ar,strategy=fsdp_tp,model_parallel=2,num_slices=2")
+  def get_config(name, arg):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments", "configs", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+  c = get_config("ar_owt", "strategy=fsdp_tp,model_parallel=2,num_slices=2")
   want = mesh_presets.preset("fsdp_tp", 2, 2)
   assert c.mesh == want["mesh"] and c.sharding_rules == want["sharding_rules"]
-  assert config_lib.paper_config("owt", "stage=ar").mesh == config_lib.base_config().mesh
+  assert get_config("ar_owt", "").mesh == config_lib.base_config().mesh
   for arg, msg in [("strategy=zero", "unknown strategy"), ("model_parallel=2", "need a strategy")]:
     with pytest.raises(ValueError, match=msg):
-      config_lib.paper_config("lm1b", arg)
+      get_config("pflm_lm1b", arg)
   # Through the launcher's config check: the preset fits 2 x v4-32, a model axis of 3 does not divide it.
   argv = ["run", *WHERE, "--accelerator_type", "v4-32", "--num_slices", "2", "--workdir", "gs://bkt/x", "--config"]
   assert len(dry(capsys, *argv, "experiments/configs/ar_owt.py:strategy=fsdp_tp,model_parallel=2,num_slices=2")) == 2

@@ -230,3 +230,24 @@ def test_cli_bad_input_exits_2(tmp_path):
   out = _cli("--config", f"{config}:stage=ar", "--workdir", str(tmp_path / "c"), "--config.data.name=local_text",
              "--config.data.files=" + str(tmp_path / "empty.txt"), "--config.data.data_dir=" + str(tmp_path / "tfds"))
   assert out.returncode == 2 and "empty" in out.stderr.strip().splitlines()[-1]
+
+
+def test_ema_checkpoints_serve_the_average(corpus, tmp_path):
+  wd = str(tmp_path / "ema")
+  train.train_and_evaluate(tiny(corpus, num_steps=2, checkpoint_every=1, keep_checkpoints=5, eval_every=0,
+                                ema_decay=0.5), wd)
+  ema = {s: _params(wd, s) for s in (1, 2)}
+  raw2 = jax.tree.map(np.asarray, checkpoint.restore(wd, 2, items=("train_state",))[1]["train_state"]["raw_params"])
+  # Step 2's served params are the average of step 1's and the raw params after step 2.
+  jax.tree.map(lambda e2, e1, r2: np.testing.assert_allclose(e2, 0.5 * e1 + 0.5 * r2, rtol=1e-6, atol=1e-7),
+               ema[2], ema[1], raw2)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ema[2]), jax.tree.leaves(raw2)))
+
+
+def test_tokenizer_that_does_not_fit_the_model_is_refused_before_training(corpus, tmp_path):
+  # Issue 12 case 4: a 320-id bytes tokenizer with model.vocab_size 4096 trained, then load refused the result.
+  cfg = tiny(corpus)
+  cfg.model.vocab_size = 4096
+  with pytest.raises(BadInputError, match="model.vocab_size=4096"):
+    train.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")

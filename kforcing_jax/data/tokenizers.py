@@ -31,6 +31,7 @@ from typing import Iterable, Optional
 from etils import epath
 import tokenizers as hf
 
+from kforcing_jax import files
 from kforcing_jax.data import corpora
 
 EOT = "<|endoftext|>"
@@ -105,9 +106,7 @@ class Tokenizer:
 
 
 def _write_atomic(path: epath.Path, text: str) -> None:
-  tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-  tmp.write_text(text)
-  tmp.rename(path)
+  files.write_text(str(path), text)
 
 
 class BytesTokenizer(Tokenizer):

@@ -134,7 +134,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int
 
 
 def readout(logits_BxKxV, counts_BxV, lam, u_BxK=None, mode: str = "argmax"):
-  """Push-forward readout of one step's hint logits, optionally with the frequency penalty (method.md §3).
+  """Push-forward readout of one step's hint logits, optionally with the frequency penalty (docs/method.md §3).
 
   mode "argmax" takes y_i = argmax per hint (the reference); "sample" the inverse CDF of hint i's softmax at u_i
   (`distill.readout`). With a penalty, slots are read sequentially inside the block from logits_i - lam * count,

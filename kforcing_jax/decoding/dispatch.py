@@ -86,6 +86,8 @@ def resolve(cfg: ModelConfig, mode: Optional[str] = None, k=None, teacher_cfg: O
   if k is not None:
     k = _integer("k", k, 0)
   if mode is None:
+    if not cfg.is_pflm and k:
+      raise ValueError(f"K={k} asked of an AR model (k_max=0), which samples one token per step; drop k")
     mode = "ar" if (not cfg.is_pflm or k == 0) else "pflm"
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")

@@ -6,8 +6,8 @@ queries; the first step feeds the prompt instead). Hint i of a step predicts the
 reads the noise u_j (`common.position_noise`), so K = 1 with the same seed uses the same u as AR sampling.
 Readout (`common.readout`) is argmax per hint (the reference: the push-forward map is deterministic given u) or
 "sample" (hint i's token is the inverse CDF of its own softmax at u_j), optionally with the sequential frequency
-penalty. `temperature` is the tau fed to the noise encoder (the reference always decodes at tau = 1; the
-logits are not rescaled, since the map already encodes the sampling distribution).
+penalty. `tau` is the noise encoder's input (the reference always decodes at tau = 1); it is not a softmax
+temperature: the logits are not rescaled, since the map already encodes the sampling distribution.
 """
 import functools
 import math
@@ -39,7 +39,7 @@ def _step(model, params, tok_BxT, n_new_B, cache, u_BxS, tau_B, counts, lam, k, 
   return y, counts, cache
 
 
-def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, freq_penalty=0.0, *, k: int,
+def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, tau, freq_penalty=0.0, *, k: int,
             num_tokens: int, penalize: bool = False, readout: str = "argmax"):
   """Writes the prompts and reads the first K tokens from the hints in the same call.
 
@@ -49,7 +49,7 @@ def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, fr
     prompt_BxP: right-padded prompts.
     plen_B: prompt lengths (>= 1).
     u_BxS: noise by absolute position.
-    temperature: tau fed to the noise encoder.
+    tau: the noise encoder's input (scalar).
     freq_penalty: penalty weight (used when `penalize`).
     k: tokens per step.
     num_tokens: new tokens per row (sizes the cache).
@@ -62,20 +62,21 @@ def prefill(cfg: ModelConfig, params, prompt_BxP, plen_B, u_BxS, temperature, fr
   b, p = prompt_BxP.shape
   # `steps` grows the cache as the loop needs.
   cache = init_cache(cfg, b, loop_cache_slots(p, k, num_steps(num_tokens, k) - 1))
-  tau = jnp.full((b,), temperature, jnp.float32)
+  tau_B = jnp.full((b,), tau, jnp.float32)
   counts = jnp.zeros((b, cfg.vocab_size), jnp.float32) if penalize else None
-  y, counts, cache = _step(model, params, prompt_BxP, plen_B, cache, u_BxS, tau, counts, freq_penalty, k, readout)
+  y, counts, cache = _step(model, params, prompt_BxP, plen_B, cache, u_BxS, tau_B, counts, freq_penalty, k,
+                           readout)
   return {"cache": cache, "y": y, "counts": counts}
 
 
-def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0, *, k: int, num_tokens: int,
+def steps(cfg: ModelConfig, params, state, u_BxS, tau, freq_penalty=0.0, *, k: int, num_tokens: int,
           unroll: int = 1, readout: str = "argmax"):
   """The remaining ceil(num_tokens / K) - 1 steps as `lax.scan`s over a growing cache (`scan_growing_cache`).
 
   Args:
     cfg, params: the model.
     state: from `prefill`.
-    u_BxS, temperature, freq_penalty: as in `prefill`.
+    u_BxS, tau, freq_penalty: as in `prefill`.
     k: tokens per step.
     num_tokens: new tokens per row; the output is cut to this length.
     unroll: `lax.scan` unroll factor.
@@ -85,11 +86,11 @@ def steps(cfg: ModelConfig, params, state, u_BxS, temperature, freq_penalty=0.0,
   """
   model = KForcingLM(cfg)
   b = state["y"].shape[0]
-  tau = jnp.full((b,), temperature, jnp.float32)
+  tau_B = jnp.full((b,), tau, jnp.float32)
   full = jnp.full((b,), k, jnp.int32)
 
   def step(carry, _):
-    y, counts, cache = _step(model, params, carry["y"], full, carry["cache"], u_BxS, tau, carry["counts"],
+    y, counts, cache = _step(model, params, carry["y"], full, carry["cache"], u_BxS, tau_B, carry["counts"],
                              freq_penalty, k, readout)
     return {"cache": cache, "y": y, "counts": counts}, y
 
@@ -107,14 +108,14 @@ def decoder(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, u
   (batch, width).
 
   Returns:
-    fn(params, prompt_BxP, plen_B, seed, temperature, freq_penalty, row_offset) -> int32 [B, num_tokens].
+    fn(params, prompt_BxP, plen_B, seed, tau, freq_penalty, row_offset) -> int32 [B, num_tokens].
   """
-  def run(params, prompt_BxP, plen_B, seed, temperature, freq_penalty, row_offset):
+  def run(params, prompt_BxP, plen_B, seed, tau, freq_penalty, row_offset):
     b, p = prompt_BxP.shape
     u = position_noise(seed, b, noise_length(p, num_tokens, k), row_offset)
-    state = prefill(cfg, params, prompt_BxP, plen_B, u, temperature, freq_penalty, k=k, num_tokens=num_tokens,
+    state = prefill(cfg, params, prompt_BxP, plen_B, u, tau, freq_penalty, k=k, num_tokens=num_tokens,
                     penalize=penalize, readout=readout)
-    return steps(cfg, params, state, u, temperature, freq_penalty, k=k, num_tokens=num_tokens, unroll=unroll,
+    return steps(cfg, params, state, u, tau, freq_penalty, k=k, num_tokens=num_tokens, unroll=unroll,
                  readout=readout)[0]
 
   return jax.jit(run)
@@ -126,8 +127,8 @@ def phases(cfg: ModelConfig, k: int, num_tokens: int, penalize: bool = False, un
   """Prefill and step loop as two jitted functions (nothing donated: the loop grows the cache, see `ar.phases`).
 
   Returns:
-    (prefill_fn(params, prompt, plen, u, temperature, freq_penalty) -> state,
-     steps_fn(params, state, u, temperature, freq_penalty) -> (tokens, state)).
+    (prefill_fn(params, prompt, plen, u, tau, freq_penalty) -> state,
+     steps_fn(params, state, u, tau, freq_penalty) -> (tokens, state)).
   """
   pre = jax.jit(functools.partial(prefill, cfg, k=k, num_tokens=num_tokens, penalize=penalize, readout=readout))
   run = jax.jit(functools.partial(steps, cfg, k=k, num_tokens=num_tokens, unroll=unroll, readout=readout))

@@ -9,8 +9,8 @@ token the AR sampler's (`ar`, sampler "icdf") for the same noise. That holds in 
 in float32 the teacher's logits from a (K+1)-token scoring pass and from a one-token AR step differ in the last
 bits. When u falls in the far tail of the sorted CDF, where single tokens carry ~1e-6 of probability (close to the
 float32 rounding of the cumulative sum), that can move the crossing to a neighbouring token of almost the same
-probability, and the row diverges from there (the demo's 4 x 256 teacher: 96.4 % of tokens equal,
-`matches_teacher` in `evaluation.report`). Each emitted token is still the teacher's inverse-CDF sample under its
+probability, and the row diverges from there (`matches_teacher` in `evaluation.report` measures how often;
+docs/results.md has the numbers). Each emitted token is still the teacher's inverse-CDF sample under its
 own logits.
 
 Ragged acceptance is handled by positions: the teacher's cache holds every accepted token except the newest, so a

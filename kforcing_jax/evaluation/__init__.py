@@ -1,1 +1,2 @@
-"""Evaluation: fidelity and quality metrics (`metrics`), the throughput benchmark (`benchmark`), CLI helpers."""
+"""Evaluation: fidelity and quality metrics (`metrics`), one report against a teacher (`report`), the throughput
+benchmark (`benchmark`)."""

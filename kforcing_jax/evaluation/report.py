@@ -16,7 +16,7 @@ from kforcing_jax import decoding
 from kforcing_jax.decoding import common
 from kforcing_jax.evaluation import metrics
 
-# The reference's recommended penalties for LM1B (method.md §3), by K.
+# The reference's recommended penalties for LM1B (docs/method.md §3), by K.
 DEFAULT_PENALTY = {1: 0.0, 2: 0.2, 3: 0.4, 4: 0.5}
 
 

@@ -1,4 +1,4 @@
-"""Backbone layers, matching the reference DDiT block (method.md §2) with logical axis names on every tensor."""
+"""Backbone layers, matching the reference DDiT block (docs/method.md §2) with logical axis names on every tensor."""
 from typing import Callable
 
 import flax.linen as nn

@@ -1,7 +1,7 @@
 """`KForcingLM`: the AR teacher (k_max = 0) and the push-forward LM (k_max >= 1) as one linen module.
 
 Both share the backbone parameter names, so an AR teacher's params are a subtree of the student's and the
-reference's weight transfer (method.md §6) is a dict merge. Methods:
+reference's weight transfer (docs/method.md §6) is a dict merge. Methods:
   __call__        AR full forward                         tok_BxN -> logits_BxNxV
   staircase       push-forward training forward            (ctx_BxW, noise_BxWxK, tau_B) -> logits_BxWxKxV
   prefix_logits   AR logits along given continuations      (ctx_BxW, y_BxWxJ) -> logits_BxWx(J+1)xV
@@ -186,7 +186,7 @@ class KForcingLM(nn.Module):
     return jnp.concatenate([ctx_logits[:, :, None], hint_logits], 2)
 
   def double_forward(self, ctx_BxW, y1_BxWxK, noise2_BxWxK, tau_B):
-    """The k-model's second rollout step for every window at once (method.md §6, step 3).
+    """The k-model's second rollout step for every window at once (docs/method.md §6, step 3).
 
     Args:
       ctx_BxW: data contexts.

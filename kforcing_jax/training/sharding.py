@@ -44,15 +44,8 @@ def make_mesh(mesh_spec: Sequence = DEFAULT_MESH, devices: Optional[Sequence] = 
     return mesh_presets.make_hybrid_mesh(mesh_spec, devices)
   devices = list(jax.devices() if devices is None else devices)
   names = tuple(str(n) for n, _ in mesh_spec)
-  sizes = [int(s) for _, s in mesh_spec]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {list(mesh_spec)}")
-  known = int(np.prod([s for s in sizes if s != -1]))
-  if known <= 0 or len(devices) % known:
-    raise ValueError(f"mesh {list(mesh_spec)} does not divide {len(devices)} devices")
-  sizes = [len(devices) // known if s == -1 else s for s in sizes]
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}")
+  resolved = mesh_presets.resolve_sizes([(str(n), int(s)) for n, s in mesh_spec], len(devices))
+  sizes = [resolved[n] for n in names]
   if len(devices) == jax.device_count():
     return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
   return Mesh(np.asarray(devices).reshape(sizes), names)

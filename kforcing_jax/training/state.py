@@ -1,10 +1,14 @@
 """Train state: sharded init (eval_shape -> shardings -> jit(init, out_shardings)), teacher loading and transfer.
 
-The state is a dict {"params", "opt_state", "step", "rng"} (rng: raw uint32 key data, so it checkpoints as an
-array). The frozen teacher is a separate params pytree sharded like the student and never checkpointed with it.
+The state is a `TrainState` (a flax struct dataclass, so a pytree): params, opt_state, step and rng (raw uint32
+key data, so it checkpoints as an array). The frozen teacher is a separate params pytree sharded like the student
+and never checkpointed with it.
 """
+from typing import Any
+
 import flax
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,6 +17,36 @@ from kforcing_jax import workdir as workdir_lib
 from kforcing_jax.models import KForcingLM, ModelConfig
 from kforcing_jax.training import sharding
 from kforcing_jax.workdir import BadInputError
+
+
+@struct.dataclass
+class TrainState:
+  """What one optimizer step reads and writes; `checkpoint_items` is what a checkpoint stores beside the params."""
+  params: Any
+  opt_state: Any
+  step: Any
+  rng: Any
+  ema: Any = None   # exponential moving average of the params (config.ema_decay > 0), else None
+
+  @property
+  def served_params(self):
+    """The params a checkpoint's "params" item holds, evaluated and served: the EMA when there is one."""
+    return self.params if self.ema is None else self.ema
+
+  def checkpoint_items(self) -> dict:
+    """The "train_state" checkpoint item (the served params are their own item; with an EMA, the raw params
+    travel here)."""
+    items = {"opt_state": self.opt_state, "step": self.step, "rng": self.rng}
+    if self.ema is not None:
+      items["raw_params"] = self.params
+    return items
+
+  @classmethod
+  def from_checkpoint(cls, params, train_state: dict) -> "TrainState":
+    """The inverse of (`served_params`, `checkpoint_items`)."""
+    items = dict(train_state)
+    raw = items.pop("raw_params", None)
+    return cls(params=params, **items) if raw is None else cls(params=raw, ema=params, **items)
 
 
 def model_config(config: ml_collections.ConfigDict, k_max: int) -> ModelConfig:
@@ -37,7 +71,7 @@ def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
     rules: logical->mesh rules.
     seed: init / noise seed.
   Returns:
-    (state, state_shardings, abstract_state) - the last two describe the unboxed state.
+    (state, state_shardings, abstract_state): `TrainState`s of arrays, shardings and ShapeDtypeStructs.
   """
   model = KForcingLM(mcfg)
 
@@ -53,7 +87,7 @@ def init_state(mcfg: ModelConfig, tx, mesh, rules, seed: int):
     shardings = sharding.shardings_for(abstract_boxed, mesh, rules)
     state = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
   abstract = workdir_lib.to_abstract(nn.unbox(abstract_boxed), shardings)
-  return state, shardings, abstract
+  return TrainState(**state), TrainState(**shardings), TrainState(**abstract)
 
 
 def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
@@ -76,7 +110,7 @@ def load_teacher(teacher_workdir: str, teacher: ModelConfig, param_shardings):
 
 
 def transfer(student_params, teacher_params, shardings):
-  """The student's init (method.md §6): every teacher tensor copied, the rest (an AR teacher has no noise
+  """The student's init (docs/method.md §6): every teacher tensor copied, the rest (an AR teacher has no noise
   encoder) kept fresh. Copies, so donating the student never frees the teacher's buffers."""
   flat = flax.traverse_util.flatten_dict(student_params)
   flat.update({k: v for k, v in flax.traverse_util.flatten_dict(teacher_params).items() if k in flat})
