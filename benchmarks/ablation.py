@@ -29,6 +29,9 @@ VARIANTS = {
     # Dense KL, sampled readout, previous-noise layout, targets along the teacher's rollout (AR conditionals).
     "kl_sample_teacher": dict(loss="kl", readout="sample", rollout="teacher", target_teacher="ar",
                               model=dict(hint_noise="previous")),
+    # Dense KL, k -> 2k targets from the k-model's doubling (its sampled readout) instead of the AR teacher.
+    "kl_doubling": dict(loss="kl", readout="sample", rollout="teacher", target_teacher="previous",
+                        model=dict(hint_noise="previous")),
     # The recommended recipe: as above, targets along the student's own sampled prefix.
     "kf": dict(loss="kl", readout="sample", rollout="student", target_teacher="ar",
                model=dict(hint_noise="previous")),

@@ -11,8 +11,8 @@ runs from an installed wheel; experiments/configs/tiny_cpu.py points the trainer
   python -m kforcing_jax.train --config experiments/configs/tiny_cpu.py:stage=pflm,k=4 --workdir /tmp/kf/k4 \
       --config.teacher_workdir=/tmp/kf/k2
 
-Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, recipe=reference|kf (a pflm stage takes
-`config_lib.RECIPES[recipe]`; default: the demo's own values below), runlocal (a 20-step smoke run),
+Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, recipe=kf|reference (a pflm stage takes
+`config_lib.RECIPES[recipe]`, default kf: dense KL along the student's sampled prefix, docs/results.md), runlocal (a 20-step smoke run),
 strategy=dp|fsdp|tp|fsdp_tp with model_parallel=N, num_slices=N (mesh presets; default: the one-axis data mesh).
 Hardware: 2 CPU cores, no accelerator. Expected wall-clock: about 6 min for the AR stage and 1-2 min per pflm
 stage on an idle machine (measured in docs/results.md).
@@ -21,7 +21,7 @@ from kforcing_jax.training import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, stage="ar", k=1, targets="self_forcing", recipe="", runlocal=False,
+  a = config_lib.parse_arg(arg, stage="ar", k=1, targets="self_forcing", recipe="kf", runlocal=False,
                            **config_lib.STRATEGY_ARGS)
   c = config_lib.base_config()
   c.stage, c.k, c.targets = a.stage, a.k, a.targets
