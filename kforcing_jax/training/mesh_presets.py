@@ -107,12 +107,12 @@ def resolve_sizes(mesh_spec, num_devices: int, num_granules: int = 1) -> dict:
       raise ValueError(f"dcn mesh {dcn} spans {slices} slices but the job has {num_granules}")
     if num_devices % slices:
       raise ValueError(f"{num_devices} devices do not split into {slices} slices")
-    per = resolve_sizes(ici, num_devices // slices)
+    per = _flat_sizes(ici, num_devices // slices)
     return {n: per[n] * dcn.get(n, 1) for n in names}
-  return resolve_sizes(_pairs(mesh_spec), num_devices)
+  return _flat_sizes(_pairs(mesh_spec), num_devices)
 
 
-def resolve_sizes(spec: list, num_devices: int) -> dict:
+def _flat_sizes(spec: list, num_devices: int) -> dict:
   """{axis: size} of a flat [(axis, size)] mesh spec over num_devices (one -1 takes the rest); ValueError if not."""
   sizes = [s for _, s in spec]
   if sizes.count(-1) > 1:
