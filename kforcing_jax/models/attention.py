@@ -21,6 +21,20 @@ import numpy as np
 _MASKED = -1e30
 
 
+def expand_kv(x_BxTxHkvxD, num_heads: int, axis: int = 2):
+  """Repeats grouped K/V heads up to the query heads (GQA/MQA); a no-op for MHA.
+
+  Args:
+    x_BxTxHkvxD: keys or values with Hkv heads on `axis`.
+    num_heads: the number of query heads (a multiple of Hkv).
+    axis: the heads axis.
+  Returns:
+    The tensor with num_heads heads (query head h reads KV head h // (num_heads // Hkv), as in HF).
+  """
+  rep = num_heads // x_BxTxHkvxD.shape[axis]
+  return x_BxTxHkvxD if rep == 1 else jnp.repeat(x_BxTxHkvxD, rep, axis=axis)
+
+
 def _scores(q, k):
   scale = 1.0 / np.sqrt(q.shape[-1])
   return jnp.einsum("bqhd,bshd->bhqs", q, k, preferred_element_type=jnp.float32) * scale

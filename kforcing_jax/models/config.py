@@ -10,6 +10,10 @@ ATTENTION_IMPLS = ("dense", "split", "pallas")
 DTYPES = ("float32", "bfloat16")
 HINT_NOISES = ("current", "previous", "interleaved")
 NOISE_FEATURES = ("sinusoid", "ramp")
+NORMS = ("layernorm_nobias", "layernorm", "rmsnorm")
+MLPS = ("gelu_tanh", "gelu", "swiglu")
+POSITIONS = ("rope", "learned")
+ROPE_LAYOUTS = ("half", "interleaved")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,20 @@ class ModelConfig:
   # Features of u in the noise encoder: "sinusoid" (the reference's, <= 1 cycle over [0, 1]) | "ramp" (a
   # thermometer code, `layers.ramp_features`). Same parameter shapes.
   noise_features: str = "sinusoid"
+  # ---- backbone architecture (defaults: the reference's DDiT block; `PRESETS` names the other families) ----
+  norm: str = "layernorm_nobias"   # layernorm_nobias (reference) | layernorm (scale + bias, GPT-2) | rmsnorm
+  norm_eps: float = 1e-5
+  mlp: str = "gelu_tanh"           # gelu_tanh (reference, GPT-2) | gelu (exact) | swiglu (SiLU-gated, Llama)
+  mlp_bias: bool = True
+  num_kv_heads: int = 0            # 0: = num_heads (MHA); fewer: GQA; 1: MQA
+  attn_head_dim: int = 0           # 0: d_model // num_heads (Qwen3 sets it explicitly)
+  qkv_bias: bool = False           # Qwen2, GPT-2
+  attn_out_bias: bool = False      # GPT-2
+  qk_norm: bool = False            # RMSNorm of each query/key head before RoPE (Qwen3)
+  position: str = "rope"           # rope | learned (absolute position table, GPT-2; hints read it at t+i)
+  rope_layout: str = "half"        # half: rotate-half pairs (i, i+D/2) (reference, HF) | interleaved: (2i, 2i+1)
+  tie_embeddings: bool = False     # output head = embedding matrix transposed
+  head_bias: bool = True           # bias on the output head (reference); HF families have none
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -52,8 +70,17 @@ class ModelConfig:
       raise ValueError(f"unknown hint_noise {self.hint_noise!r}; expected one of {HINT_NOISES}")
     if self.noise_features not in NOISE_FEATURES:
       raise ValueError(f"unknown noise_features {self.noise_features!r}; expected one of {NOISE_FEATURES}")
-    if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+    for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS), ("rope_layout", ROPE_LAYOUTS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {allowed}")
+    if not self.attn_head_dim and (self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2):
       raise ValueError(f"d_model={self.d_model} must split into {self.num_heads} heads of even size")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even")
+    if self.kv_heads < 1 or self.num_heads % self.kv_heads:
+      raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+    if self.tie_embeddings and self.head_bias:
+      raise ValueError("tie_embeddings=True has no separate head, so head_bias must be False")
     if self.k_max < 0:
       raise ValueError(f"k_max must be >= 0, got {self.k_max}")
     if not -1 <= self.mask_index < self.vocab_size:
@@ -61,7 +88,16 @@ class ModelConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+    return self.attn_head_dim or self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def fused_qkv(self) -> bool:
+    """One [D, 3, H, Dh] projection (the reference's attn_qkv) unless K/V have their own head count."""
+    return self.kv_heads == self.num_heads
 
   @property
   def is_pflm(self) -> bool:
@@ -72,6 +108,20 @@ class ModelConfig:
     if self.hint_noise == "interleaved":
       return tuple(j // 2 + 1 for j in range(2 * k))
     return tuple(range(1, k + 1))
+
+  @classmethod
+  def preset(cls, family: str, **kw) -> "ModelConfig":
+    """The architecture fields of a model family ("reference", "gpt2", "llama", "qwen2", "qwen3") plus `kw`.
+
+    Args:
+      family: one of `PRESETS`.
+      **kw: any other fields (sizes, k_max, ...), overriding the preset.
+    Returns:
+      The validated `ModelConfig`.
+    """
+    if family not in PRESETS:
+      raise ValueError(f"unknown model family {family!r}; expected one of {sorted(PRESETS)}")
+    return cls(**{**PRESETS[family], **kw})
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
@@ -94,3 +144,15 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
     return cls(**d)
+
+
+_LLAMA = dict(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", mlp_bias=False, head_bias=False, mask_index=-1)
+# Architecture fields only; sizes, eps and RoPE base come from the checkpoint's own config.
+PRESETS = {
+    "reference": {},
+    "gpt2": dict(norm="layernorm", mlp="gelu_tanh", qkv_bias=True, attn_out_bias=True, position="learned",
+                 tie_embeddings=True, head_bias=False, mask_index=-1),
+    "llama": _LLAMA,
+    "qwen2": dict(_LLAMA, qkv_bias=True),
+    "qwen3": dict(_LLAMA, qk_norm=True),
+}

@@ -24,6 +24,7 @@ NEG_LOGIT = -1000.0
 
 def _staircase_attend(q, k, v, state, *, w, kk, impl, block_q, block_k):
   b, _, h, d = q.shape
+  k, v = attention.expand_kv(k, h), attention.expand_kv(v, h)
   split = lambda x: (x[:, :w], x[:, w:].reshape(b, w, kk, h, d))
   (qc, qh), (kc, kh), (vc, vh) = split(q), split(k), split(v)
   oc, oh = attention.staircase_attention(qc, kc, vc, qh, kh, vh, impl=impl, block_q=block_q, block_k=block_k)
@@ -34,8 +35,13 @@ def _decode_attend(q, k, v, layer_cache, *, start_B, kv_len_B, pos_BxQ, n_ctx, i
   kc, vc = layer_cache
   kc = attention.write_cache(kc, k[:, :n_ctx], start_B)
   vc = attention.write_cache(vc, v[:, :n_ctx], start_B)
+  h = q.shape[2]
   kh, vh = (k[:, n_ctx:], v[:, n_ctx:]) if q.shape[1] > n_ctx else (None, None)
-  o = attention.decode_attention(q, pos_BxQ, kc, vc, kv_len_B, n_ctx, kh, vh, impl=impl)
+  if kh is not None:
+    kh, vh = attention.expand_kv(kh, h), attention.expand_kv(vh, h)
+  # The cache keeps the Hkv heads (GQA's memory saving); they are repeated per step for the attention.
+  o = attention.decode_attention(q, pos_BxQ, attention.expand_kv(kc, h, 1), attention.expand_kv(vc, h, 1),
+                                 kv_len_B, n_ctx, kh, vh, impl=impl)
   return o, (kc, vc)
 
 
@@ -57,7 +63,7 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> dict:
   Returns:
     {"k": [L arrays], "v": [L arrays], "len": int32 [B]}.
   """
-  shape = (batch, cfg.num_heads, size, cfg.head_dim)
+  shape = (batch, cfg.kv_heads, size, cfg.head_dim)
   dtype = dtype or cfg.dtype
   zeros = lambda: [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)]
   return {"k": zeros(), "v": zeros(), "len": jnp.zeros((batch,), jnp.int32)}
@@ -73,22 +79,32 @@ class KForcingLM(nn.Module):
                           embedding_init=part(kernel_init, ("vocab", "embed")))
     block = nn.remat(Block, static_argnums=(3, 5)) if cfg.remat else Block
     self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    if cfg.position == "learned":
+      self.pos_embed = nn.Embed(cfg.max_len, cfg.d_model, param_dtype=cfg.param_dtype, dtype=cfg.dtype,
+                                embedding_init=part(kernel_init, (None, "embed")))
     self.final_norm = LayerNorm(cfg)
-    # Zero-initialised head as in the reference's DDitFinalLayer.
-    self.head = nn.Dense(cfg.vocab_size, dtype=jnp.float32, param_dtype=cfg.param_dtype,
-                         kernel_init=part(nn.initializers.zeros, ("embed", "vocab")),
-                         bias_init=part(nn.initializers.zeros, ("vocab",)))
+    if not cfg.tie_embeddings:
+      # Zero-initialised head as in the reference's DDitFinalLayer.
+      self.head = nn.Dense(cfg.vocab_size, use_bias=cfg.head_bias, dtype=jnp.float32, param_dtype=cfg.param_dtype,
+                           kernel_init=part(nn.initializers.zeros, ("embed", "vocab")),
+                           bias_init=part(nn.initializers.zeros, ("vocab",)))
     if cfg.is_pflm:
       self.noise_encoder = NoiseEncoder(cfg)
 
   # ---- shared pieces ----
   def _logits(self, x):
-    logits = self.head(self.final_norm(x))
+    y = self.final_norm(x)
+    if self.cfg.tie_embeddings:
+      logits = self.embed.attend(y.astype(jnp.float32)).astype(jnp.float32)
+    else:
+      logits = self.head(y)
     if self.cfg.mask_index >= 0:
       logits = logits.at[..., self.cfg.mask_index].set(NEG_LOGIT)
     return constrain(logits, ("batch", "length", "vocab"))
 
   def _run(self, x, pos, attend, states, deterministic):
+    if self.cfg.position == "learned":  # hints read the table at their own positions t + i, like tokens
+      x = x + self.pos_embed(jnp.minimum(pos, self.cfg.max_len - 1)).astype(x.dtype)
     new_states = []
     for i, blk in enumerate(self.blocks):
       x, s = blk(x, pos, attend, None if states is None else states[i], deterministic)
@@ -115,7 +131,9 @@ class KForcingLM(nn.Module):
     b, n = tok_BxN.shape
     self._check_len(n)
     pos = jnp.broadcast_to(jnp.arange(n), (b, n))
-    attend = lambda q, k, v, s: (attention.causal_attention(q, k, v), s)
+    h = self.cfg.num_heads
+    attend = lambda q, k, v, s: (attention.causal_attention(q, attention.expand_kv(k, h), attention.expand_kv(v, h)),
+                                 s)
     x, _ = self._run(self.embed(tok_BxN), pos, attend, None, deterministic)
     return self._logits(x)
 
