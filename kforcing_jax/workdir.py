@@ -17,6 +17,7 @@ A step that fails is treated like an unreadable one: the restore falls back to t
 notice line; with none left it raises `CheckpointError` (the CLIs: one error line, exit 2). The trainer moves
 the failed newer steps into corrupt/ so that the resumed run can save those step numbers again.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,9 @@ from kforcing_jax.models.params import check_params
 MANIFEST = "kf_manifest.json"
 # Fields that change the parameters or the function computed; the rest (attention_impl, remat, dtype, tiles,
 # dropout, max_len) are how it is computed and may differ between a teacher and its student.
-ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "mask_index", "rope_base")
+ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "mask_index", "rope_base", "norm",
+               "norm_eps", "mlp", "mlp_bias", "num_kv_heads", "attn_head_dim", "qkv_bias", "attn_out_bias", "qk_norm",
+               "position", "rope_layout", "tie_embeddings", "head_bias")
 TOKENIZER_KEYS = ("kind", "vocab_size", "fingerprint", "bos_id", "eos_id")
 
 
@@ -363,7 +366,10 @@ def check_same_tokenizer(a_spec: dict, b_spec: dict, a_name: str, b_name: str) -
 
 def arch_mismatch(a: dict, b: dict) -> list[str]:
   """Architecture fields on which two model-config dicts differ ("name: a != b")."""
-  return [f"{f}: {a.get(f)} != {b.get(f)}" for f in ARCH_FIELDS if a.get(f) != b.get(f)]
+  # Metas written before a field existed hold its default.
+  default = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  a, b = ({f: d.get(f, default.get(f)) for f in ARCH_FIELDS} for d in (a, b))
+  return [f"{f}: {a[f]} != {b[f]}" for f in ARCH_FIELDS if a[f] != b[f]]
 
 
 def load_model(workdir: str, step: Optional[int] = None) -> tuple[int, ModelConfig, dict, Any, dict]:
