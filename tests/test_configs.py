@@ -30,7 +30,9 @@ def test_every_config_builds_a_valid_model(name):
 @pytest.mark.parametrize("recipe", sorted(config_lib.RECIPES))
 def test_recipe_arg_sets_the_recipe_values(name, arg, recipe):
   c = get_config(name, f"{arg}recipe={recipe}")
-  for key, value in config_lib.RECIPES[recipe].items():
+  # The demo's 30-80-step stages run kf at a 3x peak lr (kforcing_jax/demo_config.py); all else is the recipe's.
+  want = {**config_lib.RECIPES[recipe], **({"optim.lr": 3e-3} if (name, recipe) == ("tiny_cpu", "kf") else {})}
+  for key, value in want.items():
     block = c
     for part in key.split("."):
       block = block[part]

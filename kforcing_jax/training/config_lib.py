@@ -118,7 +118,7 @@ RECIPES = {
     "reference": {"loss": "ce", "readout": "argmax", "rollout": "teacher", "target_teacher": "previous",
                   "tau_range": [1.0, 1.0], "model.hint_noise": "current", "model.noise_features": "sinusoid",
                   "optim.lr": 1e-4, "optim.schedule": "constant", "ema_decay": 0.999},
-    "kf": {"loss": "kl", "readout": "sample", "rollout": "student", "target_teacher": "ar",
+    "kf": {"loss": "kl", "readout": "sample", "rollout": "teacher", "target_teacher": "ar",
            "model.hint_noise": "previous", "optim.lr": 1e-3},
 }
 
