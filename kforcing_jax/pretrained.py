@@ -143,14 +143,18 @@ def convert_gguf(path: str, workdir: str, tokenizer: Optional[str] = None, max_l
   if path == SMOLLM2 and not os.path.exists(path):
     path = smollm2_gguf()
   try:
-    cfg, params, tok_meta, info = gguf_import.load(path, max_len=max_len or 0)
+    reader, cfg, tok_meta, info = gguf_import.read_header(path, max_len=max_len or 0)
   except gguf_import.GGUFImportError as e:
     raise ConversionError(str(e)) from None
-  if tokenizer is None:
+  if tokenizer is None:  # before the weights are dequantized: a bad tokenizer fails in a moment
     tok = _tokenizer_or_fail(lambda: pretrained_tokenizer.from_gguf(tok_meta, cfg.vocab_size))
   else:
     tok = _tokenizer_or_fail(lambda: pretrained_tokenizer.from_hf_dir(os.path.dirname(tokenizer), cfg.vocab_size,
                                                                       tokenizer))
+  try:
+    params = gguf_import.read_params(reader, cfg, info)
+  except gguf_import.GGUFImportError as e:
+    raise ConversionError(str(e)) from None
   gguf_info = {k: info[k] for k in ("architecture", "tensor_types", "name")}
   return _write(workdir, cfg, params, tok, path, {"family": info["hf_config"]["model_type"], "format": "gguf",
                                                   "gguf": gguf_info})

@@ -168,17 +168,17 @@ def dequantized_tensors(reader, arch: str, num_heads: int, num_kv_heads: int) ->
   return out
 
 
-def load(path: str, max_len: int = 0) -> tuple[ModelConfig, dict, dict, dict]:
-  """Reads a GGUF file into our parameters.
+def read_header(path: str, max_len: int = 0) -> tuple[Any, ModelConfig, dict, dict]:
+  """Reads a GGUF file's metadata and tensor list (nothing dequantized): enough to check everything but weights.
 
   Args:
     path: the .gguf file.
     max_len: longest sequence; 0 = min(context_length, 2048).
   Returns:
-    (ModelConfig, params (float32 numpy, inner dict), tokenizer metadata for `pretrained_tokenizer.from_gguf`,
-    info {"architecture", "tensor_types": {type: count}, "hf_config"}).
+    (reader, ModelConfig, tokenizer metadata for `pretrained_tokenizer.from_gguf`,
+    info {"architecture", "tensor_types": {type: count}, "hf_config", "name"}).
   Raises:
-    GGUFImportError: anything unsupported, missing, mis-shaped or unused, in one line.
+    GGUFImportError: an unreadable file, unsupported architecture or feature, missing metadata.
   """
   reader = open_reader(path)
   meta = metadata(reader)
@@ -189,14 +189,39 @@ def load(path: str, max_len: int = 0) -> tuple[ModelConfig, dict, dict, dict]:
   hf = hf_config(meta, names, int(embed.shape[-1]))
   try:
     cfg = hf_import.config_from_hf(hf, max_len=max_len)
-    tensors = dequantized_tensors(reader, meta["general.architecture"], cfg.num_heads, cfg.kv_heads)
-    params = hf_import.params_from_hf(tensors, cfg, hf["model_type"])
   except hf_import.HFImportError as e:
-    msg = re.sub(r"tensor (\S+)", lambda m: f"tensor {gguf_name(m.group(1))}", str(e))
-    raise GGUFImportError(msg + " (shapes in numpy order, ggml lists them reversed)" if "shape" in msg else msg) from None
+    raise GGUFImportError(str(e)) from None
   types = {}
   for t in reader.tensors:
     types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
   info = {"architecture": meta["general.architecture"], "tensor_types": types, "hf_config": hf,
           "name": meta.get("general.name")}
-  return cfg, params, tokenizer_metadata(meta), info
+  return reader, cfg, tokenizer_metadata(meta), info
+
+
+def read_params(reader, cfg: ModelConfig, info: dict) -> dict:
+  """Our parameters (float32 numpy, inner dict) from a `read_header` result, consuming every tensor.
+
+  Raises:
+    GGUFImportError: a tensor missing, mis-shaped, unused or of a type gguf cannot dequantize (named).
+  """
+  try:
+    tensors = dequantized_tensors(reader, info["architecture"], cfg.num_heads, cfg.kv_heads)
+    return hf_import.params_from_hf(tensors, cfg, info["hf_config"]["model_type"])
+  except hf_import.HFImportError as e:
+    msg = re.sub(r"tensor (\S+)", lambda m: f"tensor {gguf_name(m.group(1))}", str(e))
+    if "shape" in msg:
+      msg += " (shapes in numpy order, ggml lists them reversed)"
+    raise GGUFImportError(msg) from None
+
+
+def load(path: str, max_len: int = 0) -> tuple[ModelConfig, dict, dict, dict]:
+  """Reads a GGUF file into our parameters: `read_header` then `read_params`.
+
+  Returns:
+    (ModelConfig, params, tokenizer metadata, info); see `read_header`.
+  Raises:
+    GGUFImportError: anything unsupported, missing, mis-shaped or unused, in one line.
+  """
+  reader, cfg, tok_meta, info = read_header(path, max_len)
+  return cfg, read_params(reader, cfg, info), tok_meta, info
