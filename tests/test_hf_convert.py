@@ -132,3 +132,15 @@ def test_tokenizer_override_and_sharded_weights(tmp_path):
   model = kforcing_jax.load(str(tmp_path / "out"))
   assert model.config.tie_embeddings and model.config.qkv_bias
   assert float(np.max(np.abs(_logits(model) - want))) < 1e-4
+
+
+def test_bfloat16_weights_are_read_as_float32(tmp_path):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top  (a jax dependency)
+  src = ph.hf_dir(tmp_path, "llama")
+  _, tensors, _ = ph.fixture("llama")
+  ph.rewrite_weights(src, {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()})
+  pretrained.convert_hf_dir(src, str(tmp_path / "out"))
+  got = kforcing_jax.load(str(tmp_path / "out")).params["embed"]["embedding"]
+  want = tensors["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16).astype(np.float32)
+  assert got.dtype == np.float32 and np.array_equal(np.asarray(got), want) and not np.array_equal(want, tensors[
+      "model.embed_tokens.weight"])
