@@ -21,3 +21,15 @@ def random_params(cfg: ModelConfig, seed: int = 0, scale: float = 0.3):
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
   return model, jax.tree.unflatten(tree, leaves)
+
+
+def run_convert(capsys, *args):
+  """Runs the convert entry point in-process: (exit code or None, stderr)."""
+  from kforcing_jax import convert  # pylint: disable=g-import-not-at-top  (defines the absl flags once per process)
+  convert.FLAGS.unparse_flags()
+  convert.FLAGS(["convert", *args])
+  try:
+    convert.main(["convert"])
+  except SystemExit as e:
+    return e.code, capsys.readouterr().err
+  return None, capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 
 import kforcing_jax
 
-from helpers import tiny_config
+from helpers import run_convert, tiny_config
 from kforcing_jax.data.tokenizers import load_tokenizer
 from kforcing_jax.models import KForcingLM, abstract_params, torch_import
 from kforcing_jax import conversion
@@ -183,7 +183,7 @@ def test_convert_ar_from_npz_without_torch(tmp_path, capsys, model_params, vocab
   model, params = model_params
   # A PFLM file converted as the AR teacher: the noise encoder is dropped only when asked to.
   np.savez(tmp_path / "pf.npz", **_ref_sd(params))
-  code, err = _run_main(capsys, "--reference_ckpt", str(tmp_path / "pf.npz"), "--kind", "ar", "--workdir",
+  code, err = run_convert(capsys, "--reference_ckpt", str(tmp_path / "pf.npz"), "--kind", "ar", "--workdir",
                         str(tmp_path / "ar"), "--tokenizer", vocab_file, "--max_len", str(CFG.max_len),
                         "--ignore_keys", r"noise_encoder\..*")
   assert code is None, err
@@ -194,17 +194,6 @@ def test_convert_ar_from_npz_without_torch(tmp_path, capsys, model_params, vocab
   tok = jnp.asarray(np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 10)))
   ar = jax.jit(KForcingLM(CFG.replace(k_max=0)).apply)
   np.testing.assert_array_equal(ar({"params": out["params"]}, tok), jax.jit(model.apply)({"params": params}, tok))
-
-
-def _run_main(capsys, *args):
-  from kforcing_jax import convert  # defines the absl flags once per process
-  convert.FLAGS.unparse_flags()
-  convert.FLAGS(["convert", *args])
-  try:
-    convert.main(["convert"])
-  except SystemExit as e:
-    return e.code, capsys.readouterr().err
-  return None, capsys.readouterr().err
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys, model_params, vocab_file):
@@ -232,7 +221,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys, model_params, vocab_file):
              "--mask_index", "7"], "differs from the tokenizer's mask id"),
            (["--kind", "ar", "--workdir", str(tmp_path / "o")], "--reference_ckpt is required")]
   for args, needle in cases:
-    code, err = _run_main(capsys, *args)
+    code, err = run_convert(capsys, *args)
     assert code == 2 and err.startswith("error: ") and needle in err and err.count("\n") == 1, (args, err)
   assert (tmp_path / "full" / "keep.txt").read_text() == "x"
   assert not (tmp_path / "o").exists()

@@ -9,23 +9,12 @@ import pytest
 
 import kforcing_jax
 import pretrained_helpers as ph
+from helpers import run_convert
 from kforcing_jax import pretrained
 from kforcing_jax.models import KForcingLM
 from kforcing_jax.models.torch_import import ConversionError
 
 TOKENS = [[1, 5, 9, 3, 17, 2, 44, 8, 63, 0, 12, 7]]
-
-
-def run_convert(capsys, *args):
-  """Runs the convert entry point in-process: (exit code or None, stderr)."""
-  from kforcing_jax import convert  # pylint: disable=g-import-not-at-top  (defines the absl flags once)
-  convert.FLAGS.unparse_flags()
-  convert.FLAGS(["convert", *args])
-  try:
-    convert.main(["convert"])
-  except SystemExit as e:
-    return e.code, capsys.readouterr().err
-  return None, capsys.readouterr().err
 
 
 def _logits(model):
