@@ -117,8 +117,8 @@ def table(results: dict) -> str:
           "tok/pass spec. | tok/pass verify |", "|---|---|---|---|---|---|---|---|---|---|"]
   for name, per_k in results.items():
     for k, r in per_k.items():
-      f = lambda xs: " ".join(f"{x:.2f}" for x in xs)
-      rows.append(f"| {name} | {k} | {r['steps']} | {r['train_wall_s'] or 0:.0f} | {f(r['slot_kl'])} | "
+      f = lambda xs, d=2: " ".join(f"{x:.{d}f}" for x in xs)
+      rows.append(f"| {name} | {k} | {r['steps']} | {r['train_wall_s'] or 0:.0f} | {f(r['slot_kl'], 3)} | "
                   f"{f(r['slot_tv'])}{'*' if r['slot_tv_method'] != 'exact' else ''} | {r['entropy']:.2f} "
                   f"({r['teacher_entropy']:.2f}) | {r['gen_ppl']:.1f} ({r['teacher_gen_ppl']:.1f}) | "
                   f"{r['speculative_tokens_per_pass']:.2f} | {r['verify_tokens_per_pass']:.2f} |")
