@@ -14,8 +14,8 @@ runs from an installed wheel; experiments/configs/tiny_cpu.py points the trainer
 Args: stage=ar|pflm, k=1|2|4 (pflm), targets=self_forcing|noise_inversion, recipe=kf|reference (a pflm stage takes
 `config_lib.RECIPES[recipe]`, default kf: dense KL to the AR teacher along its rollout, sampled readout; docs/results.md), runlocal (a smoke run),
 strategy=dp|fsdp|tp|fsdp_tp with model_parallel=N, num_slices=N (mesh presets; default: the one-axis data mesh).
-Hardware: 2 CPU cores, no accelerator. Expected wall-clock: about 6 min for the AR stage and 1-2 min per pflm
-stage on an idle machine (measured in docs/results.md).
+Hardware: 2 CPU cores, no accelerator. Expected wall-clock: 6-9 min for the AR stage and 2-3.5 min per pflm
+stage, depending on the machine's day (both measured in docs/results.md).
 """
 from kforcing_jax.training import config_lib
 

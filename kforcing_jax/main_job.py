@@ -90,6 +90,9 @@ def summarize(evals: dict, bench: dict, batch: int) -> dict:
                  "verify_tokens_per_pass": ev["verify"]["tokens_per_pass"],
                  "speculative_tokens_per_pass": ev["speculative"]["tokens_per_pass"],
                  "slot_kl": ev["slot_kl"], "slot_tv": ev["slot_tv"], "readout": ev["readout"]}
+  for mode, row in bench.get("lossless_batch1", {}).items():  # K=4 drafts against the teacher, batch 1
+    name = mode.split("_")[0]
+    out["k4"].update({f"{name}_tokens_per_s": row["tokens_per_s"], f"{name}_speedup": row["speedup"]})
   out["settings"] = {"batch_size": batch, "ar_baseline": base, "num_tokens_eval": evals["k4"]["num_tokens"],
                      "num_samples": evals["k4"]["num_samples"]}
   return out
@@ -106,6 +109,11 @@ def table(summary: dict) -> str:
            if "speculative_tokens_per_pass" in s else "1 / 1")
     rows.append(f"| {name} | {s['gen_ppl']:.2f} | {s['entropy']:.3f} | {kl} | {tpp} | {s['slot_agreement']:.3f} | "
                 f"{s['tokens_per_s']:.0f} | {s['speedup']:.2f}x |")
+  for mode in ("speculative", "verify"):  # the teacher's samples (exactly / token for token), K=4 drafts
+    if f"{mode}_tokens_per_s" in summary["k4"]:
+      k4 = summary["k4"]
+      rows.append(f"| k4 {mode} (lossless) | teacher's | | | | | {k4[f'{mode}_tokens_per_s']:.0f} | "
+                  f"{k4[f'{mode}_speedup']:.2f}x |")
   return "\n".join(rows)
 
 
@@ -133,9 +141,15 @@ def run_demo(out: str = "demo_out", quick: bool = False, log=print) -> dict:
               dict(ks=(2, 4), repeats=3, ar_samplers=("vocab_cdf",)))
 
   def make_bench():
-    log("[demo] benchmarking decoders (the k4 checkpoint at each K; throughput depends only on the architecture)")
+    log("[demo] benchmarking decoders (the k4 checkpoint at each K, its trained readout)")
     k4 = students["k4"]
-    return benchmark.run(k4.config, k4.params, batches, ar_model=t_pair, **bench_kw)
+    sweep = benchmark.run(k4.config, k4.params, batches, ar_model=t_pair, readout=k4.trained_readout, **bench_kw)
+    # Both lossless modes at batch 1 (the case where they can beat AR), next to AR in the same run.
+    lossless = benchmark.run(k4.config, k4.params, [1], ar_model=t_pair, teacher=t_pair,
+                             readout=k4.trained_readout, **{**bench_kw, "ks": (4,)})
+    sweep["lossless_batch1"] = {n: {"tokens_per_s": lossless["results"]["1"][n]["tokens_per_s"],
+                                    "speedup": lossless["speedup"]["1"][n]} for n in ("verify_k4", "speculative_k4")}
+    return sweep
 
   bench = _cached(os.path.join(out, "bench_demo.json"), make_bench, log)
   benchmark.plot_speedup(bench, os.path.join(out, "speedup.png"), title="demo model: speed-up vs batch size")

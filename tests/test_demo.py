@@ -26,6 +26,8 @@ def test_demo_quick_and_resume(tmp_path):
     s = summary[name]
     assert len(s["slot_kl"]) == k and all(v >= 0 for v in s["slot_kl"]), s
     assert 1 <= s["speculative_tokens_per_pass"] <= k + 1 and 1 <= s["verify_tokens_per_pass"] <= k + 1, s
+  for mode in ("speculative", "verify"):  # the lossless modes against AR, batch 1, in the same run
+    assert summary["k4"][f"{mode}_tokens_per_s"] > 0 and summary["k4"][f"{mode}_speedup"] > 0, summary["k4"]
   for png in ("speedup.png", "slot_agreement.png"):
     assert os.path.exists(os.path.join(out, png))
   # A rerun resumes: every stage is skipped and the cached evaluation / benchmark are reused.
