@@ -25,11 +25,9 @@ pretrained backbone is fine-tuned gentler); on an accelerator raise batch_size /
 Hardware: 2 CPU cores, no accelerator. Expected wall-clock on that machine, and estimates for one H100 and a v5e-8
 slice: docs/real_teachers.md (measured there for k=1).
 """
-from kforcing_jax.models.config import PRESETS
+from kforcing_jax.models.config import SMOLLM2_135M
 from kforcing_jax.training import config_lib
 
-SMOLLM2 = dict(vocab_size=49152, num_layers=30, d_model=576, num_heads=9, num_kv_heads=3, mlp_dim=1536,
-               rope_base=100000.0, norm_eps=1e-5, tie_embeddings=True)
 STEPS = {1: 200, 2: 100, 4: 100}
 
 
@@ -42,7 +40,7 @@ def get_config(arg=None):
   c.stage, c.k, c.targets = "pflm", a.k, a.targets
   config_lib.apply_strategy(c, a)
   c.teacher_workdir = f"{a.runs}/smollm2" if a.k == 1 else f"{a.runs}/smollm2_k{a.k // 2}"
-  c.model.update(dict(PRESETS["llama"], **SMOLLM2, max_len=512))
+  c.model.update(dict(SMOLLM2_135M, max_len=512))
   c.data.update(name="kjv", tokenizer="teacher", packing="pack")
   c.seq_len, c.batch_size, c.num_steps = 64, 4, STEPS[a.k]
   c.optim.update(warmup_steps=20, schedule="cosine")
