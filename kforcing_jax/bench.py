@@ -3,6 +3,7 @@ r"""Decoding throughput: `python -m kforcing_jax.bench [--workdir DIR] [--paper_
   python -m kforcing_jax.bench --paper_size --out /tmp/bench           # 12 x 768, V=30522, random weights
   python -m kforcing_jax.bench --workdir /tmp/kf/k4 --teacher_workdir /tmp/kf/ar --speculative --out /tmp/bench
   python -m kforcing_jax.bench --demo_size --out /tmp/bench             # the demo's 4 x 256, V=4096, random weights
+  python -m kforcing_jax.bench --smollm2_size --out /tmp/bench          # SmolLM2-135M's shape (30 x 576, GQA, V=49152)
   python -m kforcing_jax.bench --paper_size --quick                     # a smoke run
 
 Times AR (three samplers), push-forward K in --ks and (with a teacher) verify and optionally speculative mode,
@@ -19,17 +20,18 @@ from kforcing_jax import cli, files
 AR_SAMPLERS = ("vocab_cdf", "icdf", "greedy")
 
 
-def _name(workdir, paper_size, demo_size, quick):
-  name = os.path.basename(os.path.normpath(workdir)) if workdir else ("paper_size" if paper_size else "demo_size")
+def _name(workdir, paper_size, demo_size, quick, smollm2_size=False):
+  name = (os.path.basename(os.path.normpath(workdir)) if workdir else "paper_size" if paper_size else
+          "smollm2_size" if smollm2_size else "demo_size")
   return name + ("_quick" if quick and not workdir else "")
 
 
 def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None, ks=(1, 2, 3, 4),
           ar_samplers=AR_SAMPLERS, num_tokens=122, prompt_len=6, repeats=3, unroll=1, dtype="float32", quick=False,
-          out=None, progress=True, demo_size=False, speculative=False, readout=None) -> dict:
+          out=None, progress=True, demo_size=False, speculative=False, readout=None, smollm2_size=False) -> dict:
   """Checks every argument and output, runs one benchmark sweep and writes its JSON / PNG (see `benchmark.run`)."""
-  if bool(workdir) + bool(paper_size) + bool(demo_size) != 1:
-    raise ValueError("give exactly one of --workdir, --paper_size or --demo_size")
+  if bool(workdir) + bool(paper_size) + bool(demo_size) + bool(smollm2_size) != 1:
+    raise ValueError("give exactly one of --workdir, --paper_size, --demo_size or --smollm2_size")
   batch_sizes = cli.int_list(batch_sizes or ([1, 2] if quick else [1, 8, 32]), "batch_sizes")
   ks = cli.int_list(ks, "ks")
   for value, flag in ((num_tokens, "num_tokens"), (prompt_len, "prompt_len"), (repeats, "repeats"),
@@ -44,7 +46,7 @@ def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None
     raise ValueError("--speculative needs --teacher_workdir")
   if quick:
     num_tokens, repeats = min(num_tokens, 12), 1
-  name = _name(workdir, paper_size, demo_size, quick)
+  name = _name(workdir, paper_size, demo_size, quick, smollm2_size)
   if out:
     files.check_output_dir(out, [f"bench_{name}.json", f"speedup_{name}.png"])
   from kforcing_jax.evaluation import benchmark
@@ -54,11 +56,12 @@ def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None
     cfg, params, teacher, readout = _load_pair(workdir, teacher_workdir, max(ks), readout)
     ar_model = teacher
   else:
-    cfg = benchmark.paper_size_config(max(ks), dtype)
+    cfg = (benchmark.smollm2_size_config if smollm2_size else benchmark.paper_size_config)(max(ks), dtype)
     if demo_size:
       cfg = cfg.replace(num_layers=4, d_model=256, num_heads=4, mlp_dim=1024, vocab_size=4096)
-    if quick:
-      cfg = cfg.replace(num_layers=2, d_model=64, num_heads=2, mlp_dim=128, vocab_size=512)
+    if quick:  # the tiny stand-in keeps the family (SmolLM2: GQA, tied)
+      cfg = cfg.replace(num_layers=2, d_model=64, num_heads=2, mlp_dim=128, vocab_size=512,
+                        num_kv_heads=1 if cfg.num_kv_heads else 0)
     params = benchmark.random_params(cfg)
   if prompt_len + num_tokens > cfg.max_len:
     raise ValueError(f"prompt_len + num_tokens = {prompt_len + num_tokens} exceeds max_len={cfg.max_len}")
@@ -110,6 +113,8 @@ def define_flags() -> None:
   flags.DEFINE_enum("readout", None, ["argmax", "sample"], "push-forward readout (default: as trained)")
   flags.DEFINE_bool("paper_size", False, "benchmark 12 x 768, vocab 30522 random weights")
   flags.DEFINE_bool("demo_size", False, "benchmark the demo architecture (4 x 256, vocab 4096), random weights")
+  flags.DEFINE_bool("smollm2_size", False, "benchmark SmolLM2-135M's shape (llama, 30 x 576, 9 / 3 heads, vocab 49152, "
+                    "tied), random weights")
   flags.DEFINE_list("batch_sizes", None, "batch sizes (default 1,8,32; --quick 1,2)")
   flags.DEFINE_list("ks", ["1", "2", "3", "4"], "push-forward K values")
   flags.DEFINE_list("ar_samplers", ["vocab_cdf", "icdf", "greedy"], "AR samplers to time")
@@ -128,7 +133,7 @@ def main(argv):
   f = flags.FLAGS
   report = bench(f.workdir, f.teacher_workdir, f.paper_size, f.batch_sizes, f.ks, f.ar_samplers, f.num_tokens,
                  f.prompt_len, f.repeats, f.unroll, f.dtype, f.quick, f.out, demo_size=f.demo_size,
-                 speculative=f.speculative, readout=f.readout)
+                 speculative=f.speculative, readout=f.readout, smollm2_size=f.smollm2_size)
   print(benchmark.markdown_table(report))
 
 def run(argv=None):

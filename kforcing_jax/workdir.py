@@ -490,7 +490,7 @@ def tokenizer_for_run(data_cfg, workdir: str, source_workdir: Optional[str], res
   if resuming:
     return load_tokenizer(workdir)
   if source_workdir:
-    tok = load_tokenizer(source_workdir)
+    tok = tokenizers.source_tokenizer(data_cfg, source_workdir)  # data.tokenizer: "teacher" or the source's kind
   else:
     # Multi-host: every process builds the same (deterministic) tokenizer; only process 0 writes it.
     tok = tokenizers.build_tokenizer(data_cfg, workdir, save=jax.process_index() == 0)

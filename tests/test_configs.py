@@ -9,7 +9,9 @@ from kforcing_jax.training import config_lib, optim, train
 from kforcing_jax.workdir import BadInputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ("tiny_cpu", "ar_lm1b", "ar_owt", "pflm_lm1b", "pflm_owt")
+CONFIGS = ("tiny_cpu", "ar_lm1b", "ar_owt", "pflm_lm1b", "pflm_owt", "smollm2_k4")
+# Configs that run the kf recipe at another peak lr than RECIPES["kf"] (their docstrings say why).
+KF_LR = {"tiny_cpu": 3e-3, "smollm2_k4": 3e-4}
 
 
 def get_config(name, arg=""):
@@ -26,12 +28,14 @@ def test_every_config_builds_a_valid_model(name):
   optim.validate(c.optim)
 
 
-@pytest.mark.parametrize("name, arg", [("pflm_lm1b", ""), ("pflm_owt", ""), ("tiny_cpu", "stage=pflm,")])
+@pytest.mark.parametrize("name, arg", [("pflm_lm1b", ""), ("pflm_owt", ""), ("tiny_cpu", "stage=pflm,"),
+                                       ("smollm2_k4", "k=2,")])
 @pytest.mark.parametrize("recipe", sorted(config_lib.RECIPES))
 def test_recipe_arg_sets_the_recipe_values(name, arg, recipe):
   c = get_config(name, f"{arg}recipe={recipe}")
-  # The demo's 30-80-step stages run kf at a 3x peak lr (kforcing_jax/demo_config.py); all else is the recipe's.
-  want = {**config_lib.RECIPES[recipe], **({"optim.lr": 3e-3} if (name, recipe) == ("tiny_cpu", "kf") else {})}
+  # The demo's 30-80-step stages run kf at a 3x peak lr (kforcing_jax/demo_config.py), SmolLM2's pretrained backbone
+  # at a lower one (experiments/configs/smollm2_k4.py); all else is the recipe's.
+  want = {**config_lib.RECIPES[recipe], **({"optim.lr": KF_LR[name]} if recipe == "kf" and name in KF_LR else {})}
   for key, value in want.items():
     block = c
     for part in key.split("."):
@@ -39,6 +43,20 @@ def test_recipe_arg_sets_the_recipe_values(name, arg, recipe):
     assert block == value, key
   assert get_config(name, f"{arg}recipe=reference").loss == "ce"
   assert get_config(name, f"{arg}recipe=kf").readout == "sample"
+
+
+def test_smollm2_chain_and_model():
+  # Each stage's teacher is the previous one under runs=DIR; the model block is the converted SmolLM2's.
+  assert [get_config("smollm2_k4", f"k={k},runs=/r").teacher_workdir for k in (1, 2, 4)] == [
+      "/r/smollm2", "/r/smollm2_k1", "/r/smollm2_k2"]
+  c = get_config("smollm2_k4", "")
+  assert c.data.tokenizer == "teacher" and c.stage == "pflm"
+  cfg = train.state_lib.model_config(c, 1)
+  assert (cfg.vocab_size, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.mlp_dim) == (
+      49152, 30, 576, 9, 3, 1536)
+  assert cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.tie_embeddings and not cfg.head_bias
+  with pytest.raises(ValueError, match="k = 1 -> 2 -> 4"):
+    get_config("smollm2_k4", "k=3")
 
 
 def test_unknown_recipe_and_ar_stage():

@@ -18,7 +18,9 @@ Every corpus yields documents {"text": str} in two splits, "train" and "validati
   max_bytes            code only: stop collecting stdlib files after this many bytes (keeps preparation fast).
   validation_fraction  fraction of documents held out (deterministic: a hash of each document's key).
   tokenizer            "bpe" (byte-level BPE trained in-repo), "gpt2", "bert" (WordPiece, needs vocab_file),
-                       "bytes" (see `tokenizers.py`).
+                       "bytes" (see `tokenizers.py`), or "teacher": whatever tokenizer the run's teacher_workdir
+                       (pflm) / init_workdir (ar) has, e.g. a converted pretrained model's. A run that starts from
+                       such a workdir always uses its tokenizer; a kind other than "teacher" must then match it.
   vocab_size           bpe only: the requested vocabulary size before padding (default 4096).
   vocab_file           bert only: path to a BERT vocab.txt.
   vocab_multiple       the tokenizer's vocab_size is padded up to a multiple of this (unused ids) so that the
@@ -47,7 +49,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 CORPORA = ("kjv", "code", "local_text", "lm1b")
-TOKENIZER_KINDS = ("bpe", "gpt2", "bert", "bytes")
+TOKENIZER_KINDS = ("bpe", "gpt2", "bert", "bytes", "teacher")
 PACKINGS = ("pack", "pad")
 SPLITS = ("train", "validation")
 

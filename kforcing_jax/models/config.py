@@ -156,3 +156,7 @@ PRESETS = {
     "qwen2": dict(_LLAMA, qkv_bias=True),
     "qwen3": dict(_LLAMA, qk_norm=True),
 }
+# Full shapes of the real teachers that are configs here (experiments/configs/smollm2_k4.py, `bench --smollm2_size`):
+# SmolLM2-135M as `convert --gguf smollm2` writes it (its max_len aside).
+SMOLLM2_135M = dict(PRESETS["llama"], vocab_size=49152, num_layers=30, d_model=576, num_heads=9, num_kv_heads=3,
+                    mlp_dim=1536, rope_base=100000.0, norm_eps=1e-5, tie_embeddings=True)
