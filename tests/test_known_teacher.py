@@ -11,7 +11,7 @@ import numpy as np
 from kforcing_jax.evaluation import known_teacher
 
 SMALL = known_teacher.Settings(vocab=16, successors=3, seq_len=16, batch=32, num_layers=1, d_model=64,
-                               mlp_dim=128, teacher_steps=250, stage_steps=(120,), stage_ks=(1,), distill_lr=1e-3, eval_every=120,
+                               mlp_dim=128, teacher_steps=250, stage_steps=(120,), stage_ks=(1,), distill_lr=2e-3, eval_every=120,
                                eval_seqs=16, decode_rows=32, decode_tokens=12)
 
 
