@@ -7,7 +7,8 @@ measures. Sections, each printed as a docs/benchmarks.md table and written to OU
 2. One staircase attention layer, forward + backward (all six input gradients), dense / split / pallas, float32
    and bfloat16: median ms, XLA's compiled temp / peak memory, max relative error against dense. A kernel that
    does not compile, or disagrees with dense, fails the run.
-3. Decoding tokens/s (prefill excluded) for AR (`vocab_cdf`) and K = 1..4 at paper size in bfloat16, per batch.
+3. Decoding tokens/s (prefill excluded) for AR (`vocab_cdf`) and K = 1..4 in bfloat16, per batch, at paper size
+   and at SmolLM2-135M's shape (`benchmark.smollm2_size_config`, random weights).
 
   python -m benchmarks.device_suite --out OUT           # full sizes (meant for one GPU)
   python -m benchmarks.device_suite --smoke --out OUT   # tiny sizes, any backend (pallas interpreted on CPU)
@@ -97,16 +98,19 @@ def attention_table(shape: dict, repeats: int) -> tuple:
   return "\n".join(lines), data
 
 
-def decoding_table(smoke: bool, batch_sizes, ks, num_tokens: int, repeats: int) -> tuple:
-  """AR and K = 1..max(ks) tokens/s at paper size in bfloat16 (a tiny stand-in when smoke)."""
+def decoding_table(smoke: bool, batch_sizes, ks, num_tokens: int, repeats: int, shape: str = "paper") -> tuple:
+  """AR and K = 1..max(ks) tokens/s in bfloat16 at paper size or SmolLM2-135M's shape (a tiny stand-in when
+  smoke)."""
   from kforcing_jax.evaluation import benchmark
 
-  cfg = benchmark.paper_size_config(max(ks), "bfloat16")
+  size = {"paper": benchmark.paper_size_config, "smollm2": benchmark.smollm2_size_config}[shape]
+  cfg = size(max(ks), "bfloat16")
   if smoke:
-    cfg = cfg.replace(num_layers=2, d_model=64, num_heads=2, mlp_dim=128, vocab_size=512)
+    cfg = cfg.replace(num_layers=2, d_model=64, num_heads=2, num_kv_heads=min(cfg.num_kv_heads, 1), mlp_dim=128,
+                      vocab_size=512)
   report = benchmark.run(cfg, benchmark.random_params(cfg), batch_sizes, ks, ar_samplers=("vocab_cdf",),
                          num_tokens=num_tokens, repeats=repeats, progress=False)
-  head = (f"Decoding, {cfg.num_layers} x {cfg.d_model}, V={cfg.vocab_size}, bfloat16, 6-token prompts, "
+  head = (f"Decoding, {shape} shape: {cfg.num_layers} x {cfg.d_model}, V={cfg.vocab_size}, bfloat16, 6-token prompts, "
           f"{num_tokens} new tokens, median of {repeats}; tokens/s (speed-up over ar_vocab_cdf):")
   return head + "\n\n" + benchmark.markdown_table(report), report
 
@@ -121,8 +125,10 @@ def run_suite(out: str, smoke: bool) -> str:
   parts.append(icdf_check(p["icdf_rows"], 30522 if not smoke else 512))
   attn_md, attn = attention_table(p["attn"], p["attn_repeats"])
   parts.append(attn_md)
-  dec_md, dec = decoding_table(smoke, p["batch_sizes"], p["ks"], p["num_tokens"], p["repeats"])
-  parts.append(dec_md)
+  dec = {}
+  for shape in ("paper", "smollm2"):
+    dec_md, dec[shape] = decoding_table(smoke, p["batch_sizes"], p["ks"], p["num_tokens"], p["repeats"], shape)
+    parts.append(dec_md)
   parts.append(f"(suite wall time {time.perf_counter() - t0:.0f} s)")
   md = "\n\n".join(parts) + "\n"
   os.makedirs(out, exist_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for the accelerator tables (docs/benchmarks.md): on one H100/H200 it installs the CUDA wheels into
 # a fresh venv, then runs `python -m benchmarks.device_suite` (inverse-CDF check, staircase attention fwd+bwd
-# dense/split/pallas in fp32 and bf16, decoding tok/s for AR and K=1..4 at paper size in bf16, B=1/8/32/128).
+# dense/split/pallas in fp32 and bf16, decoding tok/s for AR and K=1..4 at paper size and SmolLM2 shape in bf16, B=1/8/32/128).
 #
 #   benchmarks/device_suite.sh [OUT_DIR]                       # GPU: install, check the GPU, run (<= 8 min)
 #   DEVICE_SUITE_SMOKE=1 benchmarks/device_suite.sh [OUT_DIR]  # tiny sizes with the current python, no install

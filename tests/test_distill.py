@@ -149,6 +149,26 @@ def test_slot_kl_equals_a_direct_computation():
   assert float(jnp.max(jnp.abs(g))) < 1e-6
 
 
+def test_prefix_slot_weighting_reweights_the_loss_not_the_diagnostics():
+  k, v, w = 4, 7, 5
+  logits = jax.random.normal(jax.random.key(2), (B, w, k, v))
+  tgt = jax.random.randint(jax.random.key(3), (B, w, k), 0, v)
+  logp = jax.nn.log_softmax(jax.random.normal(jax.random.key(4), (B, w, k, v)))
+  weight = jnp.ones((B, w))
+  scale = losses.slot_scales(k, "prefix")
+  np.testing.assert_allclose(scale, np.array([4, 3, 2, 1]) / 2.5, rtol=1e-6)
+  np.testing.assert_allclose(losses.slot_scales(k, "uniform"), np.ones(k))
+  for fn, arg in ((losses.slot_kl, logp), (losses.slot_cross_entropy, tgt)):
+    plain, pm = fn(logits, arg, weight)
+    weighted, wm = fn(logits, arg, weight, slot_scale_K=scale)
+    per_slot = np.array([pm[f"loss_slot{i + 1}"] for i in range(k)])
+    np.testing.assert_allclose(plain, per_slot.mean(), rtol=1e-5)
+    np.testing.assert_allclose(weighted, np.mean(per_slot * np.asarray(scale)), rtol=1e-5)
+    np.testing.assert_allclose([wm[f"loss_slot{i + 1}"] for i in range(k)], per_slot, rtol=1e-6)
+  with pytest.raises(ValueError, match="slot_weighting"):
+    losses.slot_scales(k, "linear")
+
+
 @pytest.mark.parametrize("rollout", ["teacher", "student"])
 def test_kl_objective_targets_follow_the_rollout(rollout):
   """The KL objective's targets are the AR teacher's conditionals along the teacher's or the student's tokens."""

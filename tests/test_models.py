@@ -283,6 +283,13 @@ def test_prefix_logits_equal_full_forward(pflm):
   for t in (0, 3, 6):
     seq = jnp.concatenate([tok[:, : t + 1], y[:, t]], 1)
     np.testing.assert_allclose(got[:, t], forward(seq)[:, t:], atol=TOL)
+  # The cached rollout (one new row per window) gives the same logits at every slot.
+  logits, ctx_states = _apply(model, "context_states", params, tok)
+  np.testing.assert_allclose(logits, got[:, :, 0], atol=TOL)
+  own = None
+  for j in range(1, 4):
+    logits, own = _apply(model, "window_step", params, y[:, :, j - 1], ctx_states, own, j=j)
+    np.testing.assert_allclose(logits, got[:, :, j], atol=TOL)
 
 
 def test_ramp_features_encoder_runs_and_differs():

@@ -43,12 +43,15 @@ class Objective:
   tau_range: Tuple[float, float] = (1.0, 1.0)
   mask_index: int = -1
   decision_weight: float = 1.0     # "interleaved" students: CE of decision hint S_i against the slot's own token
+  slot_weighting: str = "uniform"  # per-slot loss multipliers (`losses.slot_scales`)
 
   def __post_init__(self):
     for name, allowed in (("loss", LOSSES), ("rollout", ROLLOUTS), ("targets", TARGETS),
                           ("readout", readout_lib.READOUTS), ("teacher_readout", readout_lib.READOUTS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {allowed}")
+    if self.slot_weighting not in losses.SLOT_WEIGHTINGS:
+      raise ValueError(f"unknown slot_weighting {self.slot_weighting!r}; expected one of {losses.SLOT_WEIGHTINGS}")
     lo, hi = self.tau_range
     if not 0 < lo <= hi:
       raise ValueError(f"tau_range must satisfy 0 < min <= max, got {self.tau_range}")
@@ -127,8 +130,9 @@ def pflm_loss(obj: Objective, model, params, teacher_model, teacher_params, tok_
     logits, decision_logits = out if decisions else (out, None)
     tgt, tgt_logp = _teacher_targets(obj, teacher_model, teacher_params, ctx, noise, tau_B, logits)
   weight = losses.window_weights(loss_mask_BxN, obj.k)
-  ce, ce_m = losses.slot_cross_entropy(logits, tgt, weight, obj.mask_index)
-  kl, kl_m = losses.slot_kl(logits, tgt_logp, weight)
+  scale = losses.slot_scales(obj.k, obj.slot_weighting)
+  ce, ce_m = losses.slot_cross_entropy(logits, tgt, weight, obj.mask_index, scale)
+  kl, kl_m = losses.slot_kl(logits, tgt_logp, weight, scale)
   main, other = (ce_m, kl_m) if obj.loss == "ce" else (kl_m, ce_m)
   metrics = dict(main)
   for i in range(obj.k):

@@ -11,6 +11,8 @@ context tok[:, :t+1] and predicts the k tokens at positions t+1..t+k.
   ar_along                 the AR teacher's conditionals along given continuations (e.g. the student's own).
 All noise-to-token maps go through `inverse_cdf` / `readout` (one convention everywhere).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -59,8 +61,8 @@ def ar_along(model, teacher_params, ctx_BxW, y_BxWxJ, tau_B):
 def ar_rollout(model, teacher_params, ctx_BxW, noise_BxWxK, tau_B):
   """The AR teacher's own inverse-CDF rollout of K tokens per window, and the conditional behind each token.
 
-  Slot i's token is the inverse CDF of p(. | ctx, y_1..y_{i-1}) at u_i; K staircase passes, one per slot (each
-  pass reads the tokens the previous ones fixed), every window of the batch at once.
+  Slot i's token is the inverse CDF of p(. | ctx, y_1..y_{i-1}) at u_i; every window of the batch at once, as a
+  cached rollout: one AR pass over the contexts, then one row per window and slot (`KForcingLM.window_step`).
 
   Args:
     model: a `KForcingLM` with the AR teacher's config.
@@ -71,14 +73,16 @@ def ar_rollout(model, teacher_params, ctx_BxW, noise_BxWxK, tau_B):
   Returns:
     (tokens int32 [B, W, K], log-probs float32 [B, W, K, V]), gradients stopped.
   """
-  kk = noise_BxWxK.shape[-1]
-  y = jnp.zeros(noise_BxWxK.shape[:2] + (0,), jnp.int32)
-  logps = []
-  for i in range(kk):
-    logp = ar_along(model, teacher_params, ctx_BxW, y, tau_B)[:, :, i]
-    logps.append(logp)
-    y = jnp.concatenate([y, inverse_cdf.sample(logp, noise_BxWxK[..., i])[..., None]], -1)
-  return y, jnp.stack(logps, 2)
+  apply = functools.partial(model.apply, {"params": teacher_params})
+  logp = lambda logits: jax.lax.stop_gradient(jax.nn.log_softmax(logits.astype(jnp.float32) / tau_B[:, None, None], -1))
+  logits, ctx_states = apply(ctx_BxW, method=model.context_states)
+  ys, logps, own = [], [], None
+  for i in range(noise_BxWxK.shape[-1]):
+    if i:  # one new row per window: the context and the earlier slots' keys are kept, not recomputed
+      logits, own = apply(ys[-1], ctx_states, own, j=i, method=model.window_step)
+    logps.append(logp(logits))
+    ys.append(inverse_cdf.sample(logps[-1], noise_BxWxK[..., i]))
+  return jax.lax.stop_gradient(jnp.stack(ys, -1)), jnp.stack(logps, 2)
 
 
 def pflm_rollout(model, teacher_params, ctx_BxW, noise_BxWxK, tau_B, readout: str = "argmax"):

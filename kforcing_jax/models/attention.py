@@ -125,6 +125,22 @@ def staircase_split(qc, kc, vc, qh, kh, vh):
   return oc, jnp.transpose(oh, (0, 2, 3, 1, 4))
 
 
+def window_attention(q_BxWxHxD, kc_BxWxHxD, vc_BxWxHxD, kh_BxWxJxHxD, vh_BxWxJxHxD):
+  """One new token per window (an AR rollout along every window at once): window t's query sees the context keys
+  s <= t and its own window's J tokens so far (itself included), merged by log-sum-exp like `staircase_split`.
+
+  Returns:
+    Attention output [B, W, H, D] in float32.
+  """
+  w = q_BxWxHxD.shape[1]
+  scale = 1.0 / np.sqrt(q_BxWxHxD.shape[-1])
+  s1 = jnp.einsum("bthd,bshd->bhts", q_BxWxHxD, kc_BxWxHxD, preferred_element_type=jnp.float32) * scale
+  part1 = _partial(s1, jnp.arange(w)[:, None] >= jnp.arange(w)[None, :], vc_BxWxHxD, "bhts,bshd->bhtd")
+  s2 = jnp.einsum("bthd,btjhd->bhtj", q_BxWxHxD, kh_BxWxJxHxD, preferred_element_type=jnp.float32) * scale
+  part2 = _partial(s2, jnp.ones(s2.shape[-1:], bool), vh_BxWxJxHxD, "bhtj,btjhd->bhtd")
+  return jnp.transpose(_merge(part1, part2), (0, 2, 1, 3))
+
+
 def staircase_attention(qc, kc, vc, qh, kh, vh, impl: str = "split", block_q: int = 128, block_k: int = 128):
   """Staircase training attention, dispatched by implementation.
 

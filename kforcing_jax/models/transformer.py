@@ -6,6 +6,8 @@ reference's weight transfer (docs/method.md §6) is a dict merge. Methods:
   staircase       push-forward training forward            (ctx_BxW, noise_BxWxK, tau_B) -> logits_BxWxKxV
   prefix_logits   AR logits along given continuations      (ctx_BxW, y_BxWxJ) -> logits_BxWx(J+1)xV
   double_forward  the k->2k teacher's second pass          (ctx_BxW, y1_BxWxK, noise2_BxWxK, tau_B) -> logits_BxWxKxV
+  context_states  AR forward keeping every layer's K/V     ctx_BxW -> (logits_BxWxV, states)
+  window_step     token j of every window's AR rollout     (y_BxW, ctx states, window states, j) -> logits_BxWxV
   decode          one cached decode step (AR or push-forward), ragged rows
 """
 import functools
@@ -202,6 +204,51 @@ class KForcingLM(nn.Module):
       return self(ctx_BxW)[:, :, None]
     hint_logits, ctx_logits = self.staircase_from_hints(ctx_BxW, self.embed(y_BxWxJ), True, True)
     return jnp.concatenate([ctx_logits[:, :, None], hint_logits], 2)
+
+  def context_states(self, ctx_BxW):
+    """AR forward over the contexts that keeps each layer's keys / values: the prefix `window_step` reuses.
+
+    Returns:
+      (next-token logits [B, W, V], per-layer (keys, values) [B, W, Hkv, D] after RoPE).
+    """
+    b, w = ctx_BxW.shape
+    self._check_len(w)
+    h = self.cfg.num_heads
+    attend = lambda q, k, v, s: (attention.causal_attention(q, attention.expand_kv(k, h), attention.expand_kv(v, h)),
+                                 (k, v))
+    x, states = self._run(self.embed(ctx_BxW), jnp.broadcast_to(jnp.arange(w), (b, w)), attend,
+                          [None] * self.cfg.num_layers, True)
+    return self._logits(x), states
+
+  def window_step(self, y_BxW, ctx_states, window_states=None, *, j: int):
+    """Token y_j of every window's continuation (j >= 1, at position t + j) through the AR path, as if each window
+    were its own sequence ctx[:t+1], y_1..y_j: the same logits as `prefix_logits` at slot j, for one new row per
+    window instead of the whole staircase again.
+
+    Args:
+      y_BxW: each window's j-th continuation token.
+      ctx_states: from `context_states`.
+      window_states: this method's states after y_{j-1} (None for j = 1).
+      j: the 1-based index of y in the continuation (static).
+    Returns:
+      (logits [B, W, V] predicting position t + j + 1, window states including y_j).
+    """
+    b, w = y_BxW.shape
+    self._check_len(w + j)
+    h = self.cfg.num_heads
+    states = [(c, s) for c, s in zip(ctx_states, window_states or [None] * self.cfg.num_layers)]
+
+    def attend(q, k, v, state):
+      (kc, vc), own = state
+      kh, vh = k[:, :, None], v[:, :, None]
+      if own is not None:
+        kh, vh = jnp.concatenate([own[0], kh], 2), jnp.concatenate([own[1], vh], 2)
+      o = attention.window_attention(q, attention.expand_kv(kc, h), attention.expand_kv(vc, h),
+                                     attention.expand_kv(kh, h, 3), attention.expand_kv(vh, h, 3))
+      return o, ((kc, vc), (kh, vh))
+
+    x, new = self._run(self.embed(y_BxW), jnp.broadcast_to(jnp.arange(w) + j, (b, w)), attend, states, True)
+    return self._logits(x), [own for _, own in new]
 
   def double_forward(self, ctx_BxW, y1_BxWxK, noise2_BxWxK, tau_B):
     """The k-model's second rollout step for every window at once (docs/method.md §6, step 3).

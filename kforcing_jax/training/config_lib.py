@@ -10,6 +10,7 @@ Fields of the base config (every one can be overridden with --config.FIELD=VALUE
   target_teacher    pflm: "previous" (the teacher_workdir model) | "ar" (the AR teacher at the root of the chain)
   ar_teacher_workdir  pflm, target_teacher=ar: the AR teacher (default: found through the teachers' meta)
   tau_range         pflm: [min, max] of the per-row tau (uniform); [1, 1] = fixed tau 1 (the reference)
+  slot_weighting    pflm: "uniform" (every slot alike, the reference) | "prefix" (slot i weighted k - i + 1)
   teacher_workdir   pflm: the teacher's workdir (its tokenizer is reused)
   init_workdir      ar: start from these params instead of scratch (ignored when resuming)
   seed              params init, noises, data order
@@ -86,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.target_teacher = "previous"
   c.ar_teacher_workdir = ""
   c.tau_range = [1.0, 1.0]
+  c.slot_weighting = "uniform"
   c.teacher_workdir = ""
   c.init_workdir = ""
   c.seed = 0
@@ -119,7 +121,7 @@ RECIPES = {
                   "tau_range": [1.0, 1.0], "model.hint_noise": "current", "model.noise_features": "sinusoid",
                   "optim.lr": 1e-4, "optim.schedule": "constant", "ema_decay": 0.999},
     "kf": {"loss": "kl", "readout": "sample", "rollout": "teacher", "target_teacher": "ar",
-           "model.hint_noise": "previous", "optim.lr": 1e-3},
+           "model.hint_noise": "previous", "slot_weighting": "prefix", "optim.lr": 1e-3},
 }
 
 

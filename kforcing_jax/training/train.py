@@ -97,7 +97,8 @@ def objective(config, teacher_readout: str = "argmax", mask_index: int = -1) -> 
   try:
     return objectives.Objective(k=int(config.k), loss=config.loss, readout=config.readout, rollout=config.rollout,
                                 targets=config.targets, teacher_readout=teacher_readout,
-                                tau_range=tuple(float(t) for t in config.tau_range), mask_index=mask_index)
+                                tau_range=tuple(float(t) for t in config.tau_range), mask_index=mask_index,
+                                slot_weighting=config.slot_weighting)
   except (TypeError, ValueError) as e:
     raise BadInputError(str(e)) from e
 
