@@ -3,7 +3,7 @@
 Stages live in OUT/{ar,k1,k2,k4} (trainer workdirs, kforcing_jax/demo_config.py) and OUT/{eval_k2,eval_k4,
 bench_demo}.json. A finished training stage leaves OUT/<stage>/DONE.json (its final metrics) and is skipped on a
 rerun; an interrupted one resumes from its checkpoint (the trainer restores params, optimizer, RNG and data
-iterator); evaluation / benchmark files that exist are reused. `quick` runs every stage as a 20-step smoke run of a
+iterator); evaluation / benchmark / sample files that exist are reused. `quick` runs every stage as a 20-step smoke run of a
 smaller model (the `runlocal` config arg plus the overrides below), a short evaluation and a small benchmark.
 """
 import json
@@ -127,17 +127,17 @@ def run_demo(out: str = "demo_out", quick: bool = False, log=print) -> dict:
   train_stages(out, quick, log)
   teacher = kforcing_jax.load(os.path.join(out, "ar"))
   students = {n: kforcing_jax.load(os.path.join(out, n)) for n in ("k2", "k4")}
-  ev_kw = dict(num_samples=4, num_tokens=24, agreement_seqs=2) if quick else dict(num_samples=32)
+  ev_kw = dict(num_samples=2, num_tokens=16, agreement_seqs=1) if quick else dict(num_samples=32)
   evals = {}
   for name, model in students.items():
     log(f"[demo] evaluating {name} against the teacher")
     evals[name] = _cached(os.path.join(out, f"eval_{name}.json"), lambda m=model: report.evaluate(m, teacher, **ev_kw),
                           log)
-  batches = [1, 4] if quick else [1, 8, 32]
+  batches = [1, 2] if quick else [1, 8, 32]
   t_pair = (teacher.config, teacher.params)
   # The demo times what its table and plot show (AR, K = 2, 4); the full sweep (more samplers, K = 1..4, verify
   # mode) is `python -m kforcing_jax.bench --workdir OUT/k4 --teacher_workdir OUT/ar`.
-  bench_kw = (dict(ks=(2, 4), num_tokens=24, repeats=3, ar_samplers=("vocab_cdf",)) if quick else
+  bench_kw = (dict(ks=(2, 4), num_tokens=12, repeats=1, ar_samplers=("vocab_cdf",)) if quick else
               dict(ks=(2, 4), repeats=3, ar_samplers=("vocab_cdf",)))
 
   def make_bench():
@@ -156,14 +156,18 @@ def run_demo(out: str = "demo_out", quick: bool = False, log=print) -> dict:
   _plot_agreement(evals, os.path.join(out, "slot_agreement.png"))
 
   prompts = ["In the beginning", "And the LORD said unto Moses", "Blessed are"]
-  n = 24 if quick else 48
-  samples = [{"model": "teacher (AR)", "texts": teacher.generate(prompts, n, seed=1)}]
-  for name, model in students.items():
-    k = model.k_max
-    samples.append({"model": f"{name} (K={k})", "texts": model.generate(prompts, n, k=k, seed=1)})
-    samples.append({"model": f"{name} (K={k}, penalty {report.DEFAULT_PENALTY[k]})",
-                    "texts": model.generate(prompts, n, k=k, seed=1, freq_penalty=report.DEFAULT_PENALTY[k])})
-  _write_json(os.path.join(out, "samples.json"), {"prompts": prompts, "samples": samples})
+  n = 12 if quick else 48
+
+  def make_samples():
+    samples = [{"model": "teacher (AR)", "texts": teacher.generate(prompts, n, seed=1)}]
+    for name, model in students.items():
+      k = model.k_max
+      samples.append({"model": f"{name} (K={k})", "texts": model.generate(prompts, n, k=k, seed=1)})
+      samples.append({"model": f"{name} (K={k}, penalty {report.DEFAULT_PENALTY[k]})",
+                      "texts": model.generate(prompts, n, k=k, seed=1, freq_penalty=report.DEFAULT_PENALTY[k])})
+    return {"prompts": prompts, "samples": samples}
+
+  samples = _cached(os.path.join(out, "samples.json"), make_samples, log)["samples"]
 
   summary = summarize(evals, bench, 1)
   summary["wall_s"] = time.time() - t0
