@@ -61,15 +61,15 @@ def exists(path: str) -> bool:
   return epath.Path(path).is_dir()
 
 
-def _abs(workdir: str) -> str:
-  # orbax wants absolute paths; a relative local workdir (e.g. the demo's default ./demo_out) is resolved here.
+def absolute(workdir: str) -> str:
+  """`workdir` as an absolute path (orbax wants them; a gs:// path is returned as it is)."""
   workdir = str(workdir)
   return workdir if "://" in workdir else os.path.abspath(workdir)
 
 
 def checkpoint_dir(workdir: str) -> str:
   """WORKDIR/checkpoints (absolute)."""
-  return str(epath.Path(_abs(workdir)) / "checkpoints")
+  return str(epath.Path(absolute(workdir)) / "checkpoints")
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -196,7 +196,7 @@ def quarantine(workdir: str, bad_steps: Sequence[int]) -> list[str]:
   """Moves failed steps into WORKDIR/corrupt/ (never deletes them); returns the new paths."""
   if jax.process_index() != 0:
     return []
-  root = epath.Path(_abs(workdir)) / "corrupt"
+  root = epath.Path(absolute(workdir)) / "corrupt"
   root.mkdir(parents=True, exist_ok=True)
   moved = []
   for s in bad_steps:
@@ -251,7 +251,7 @@ def write_new(workdir: str, params, meta: dict, tokenizer=None, step: int = 0) -
   Raises:
     BadInputError: `workdir` exists and is not empty, or the tokenizer does not fit the model.
   """
-  p = epath.Path(_abs(workdir))
+  p = epath.Path(absolute(workdir))
   if p.exists() and (not p.is_dir() or any(p.iterdir())):
     raise BadInputError(f"workdir {workdir} exists and is not empty; refusing to overwrite it")
   if tokenizer is not None:
@@ -462,7 +462,7 @@ def resolve_ar_teacher(workdir: str, max_hops: int = 8) -> str:
     try:
       _, meta = read_meta(workdir)
     except CheckpointError as e:
-      raise BadInputError(f"resolving the AR teacher: {e}") from e
+      raise BadInputError(f"resolving the AR teacher: {e}; set --config.ar_teacher_workdir") from e
     if int(meta.get("model", {}).get("k_max", 0)) == 0:
       return workdir
     seen.append(workdir)

@@ -110,6 +110,21 @@ def test_k1_student_starts_from_teacher_and_learns(ar_run, k1_run):
   assert 0.0 <= final["eval/acc_slot1"] <= 1.0 and final["step"] == 30
 
 
+def test_relative_teacher_path_is_stored_absolute(corpus, ar_run, tmp_path, monkeypatch):
+  # The demo trains with relative workdirs (demo_out/ar); a later stage run from another directory must still
+  # find the chain's AR teacher through the student's meta.
+  ar_dir = ar_run[0]
+  monkeypatch.chdir(os.path.dirname(ar_dir))
+  student = str(tmp_path / "k1")
+  cfg = tiny(corpus, "pflm", 1, teacher_workdir=os.path.basename(ar_dir), num_steps=2, eval_every=2,
+             checkpoint_every=2, target_teacher="ar")
+  train.train_and_evaluate(cfg, student)
+  _, meta = checkpoint.read_meta(student)
+  assert meta["teacher_workdir"] == ar_dir and meta["ar_teacher_workdir"] == ar_dir
+  monkeypatch.chdir(tmp_path)
+  assert checkpoint.resolve_ar_teacher(student) == ar_dir
+
+
 def test_doubling_student_reproduces_its_teacher_at_init(k2_run):
   # The 2k student starts as the k teacher, whose first half of targets is its own argmax: slot 1 is exact.
   workdir, final = k2_run

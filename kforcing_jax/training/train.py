@@ -281,10 +281,12 @@ def make_evaluator(run: Run, eval_step, eval_ds, teacher_params):
 def checkpoint_meta(run: Run) -> dict:
   """The meta every saved step carries (what `load`, the trainer's resume and the next stage read)."""
   pflm = run.stage == "pflm"
+  # Absolute, so that the next stage finds the chain's AR teacher from any working directory.
+  teacher = workdir_lib.absolute(run.config.teacher_workdir) if pflm else ""
+  ar_teacher = workdir_lib.absolute(run.target_dir) if pflm and run.target_cfg.k_max == 0 else ""
   return {"model": run.mcfg.to_dict(), "tokenizer": run.tokenizer.spec, "config": run.config.to_dict(),
-          "stage": run.stage, "k": run.k, "teacher_workdir": run.config.teacher_workdir if pflm else "",
-          "readout": run.config.readout if pflm else "",
-          "ar_teacher_workdir": run.target_dir if pflm and run.target_cfg.k_max == 0 else ""}
+          "stage": run.stage, "k": run.k, "teacher_workdir": teacher, "readout": run.config.readout if pflm else "",
+          "ar_teacher_workdir": ar_teacher}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
