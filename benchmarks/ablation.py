@@ -17,27 +17,28 @@ from absl import app, flags
 
 from kforcing_jax import cli
 
+_NO_FEEDBACK = dict(feedback_layers=0)  # the recipes before token feedback (RECIPES["kf"] sets it since 2026-12-07)
 VARIANTS = {
     # The reference: CE against the teacher's inverse-CDF token, argmax readout, hint i encodes u_i, k -> 2k targets
     # from the k-model's doubling.
     "reference": dict(loss="ce", readout="argmax", rollout="teacher", target_teacher="previous",
-                      model=dict(hint_noise="current")),
+                      model=dict(_NO_FEEDBACK, hint_noise="current")),
     # Same layout and readout, dense KL along the AR teacher's rollout (collapses: argmax of a calibrated q).
     "kl_argmax": dict(loss="kl", readout="argmax", rollout="teacher", target_teacher="ar",
-                      model=dict(hint_noise="current")),
+                      model=dict(_NO_FEEDBACK, hint_noise="current")),
     # CE against tokens sampled along the student's own sampled prefix, hint i encodes u_{i-1}.
     "ce_sample": dict(loss="ce", readout="sample", rollout="student", target_teacher="ar",
-                      model=dict(hint_noise="previous")),
+                      model=dict(_NO_FEEDBACK, hint_noise="previous")),
     # Dense KL, k -> 2k targets from the k-model's doubling (its sampled readout) instead of the AR teacher.
     "kl_doubling": dict(loss="kl", readout="sample", rollout="teacher", target_teacher="previous",
-                        model=dict(hint_noise="previous")),
+                        model=dict(_NO_FEEDBACK, hint_noise="previous")),
     # Dense KL along the student's own sampled prefix (its decoder's prefix), AR-teacher conditionals.
     "kl_sample_student": dict(loss="kl", readout="sample", rollout="student", target_teacher="ar",
-                              model=dict(hint_noise="previous")),
+                              model=dict(_NO_FEEDBACK, hint_noise="previous")),
     # Dense KL, sampled readout, hint i encodes u_{i-1}, targets: the AR teacher's conditionals along its own
     # inverse-CDF rollout under the slot noises; every slot weighted alike.
     "kf": dict(loss="kl", readout="sample", rollout="teacher", target_teacher="ar",
-               model=dict(hint_noise="previous")),
+               model=dict(_NO_FEEDBACK, hint_noise="previous")),
 }
 # The recommended recipe (`config_lib.RECIPES["kf"]`): kf with the earlier slots weighted by how many of a
 # speculative iteration's prefix products they enter (`losses.slot_scales`).
@@ -46,6 +47,10 @@ VARIANTS["kf_prefix"] = dict(VARIANTS["kf"], slot_weighting="prefix")
 # (the reference's 0.999 would barely leave the initial weights in 30-80 steps, so a short horizon) and a tau range.
 VARIANTS["kf_ema"] = dict(VARIANTS["kf"], ema_decay=0.95)
 VARIANTS["kf_tau"] = dict(VARIANTS["kf"], tau_range=[0.5, 1.5])
+# Token feedback (`ModelConfig.feedback_layers`): kf_prefix with the emitted token of slot i-1 fed to hint i in the
+# last 1 or 2 blocks (RECIPES["kf"]: 2).
+VARIANTS["kf_fb1"] = dict(VARIANTS["kf_prefix"], model=dict(hint_noise="previous", feedback_layers=1))
+VARIANTS["kf_fb2"] = dict(VARIANTS["kf_prefix"], model=dict(hint_noise="previous", feedback_layers=2))
 
 _TEACHER = flags.DEFINE_string("teacher_workdir", "demo_out/ar", "the AR teacher's workdir")
 _OUT = flags.DEFINE_string("out", "ablation_out", "output directory")

@@ -440,7 +440,8 @@ def check_teacher(teacher_workdir: str, student: ModelConfig, targets: str,
     raise BadInputError(f"teacher in {teacher_workdir} does not match the student config ({'; '.join(bad)})")
   tk = int(tmodel.get("k_max", 0))
   k = student.k_max
-  teacher = student.replace(k_max=tk, hint_noise=tmodel.get("hint_noise", "current"))
+  teacher = student.replace(k_max=tk, hint_noise=tmodel.get("hint_noise", "current"),
+                            feedback_layers=int(tmodel.get("feedback_layers", 0)))
   if target_teacher == "ar":
     if tk > k:
       raise BadInputError(f"teacher in {teacher_workdir} has k={tk} > the student's k={k}")

@@ -15,9 +15,9 @@ from kforcing_jax.models import KForcingLM
 V, PROMPT, N, ROWS = 6, [1, 2, 3], 3, 24000
 
 
-def _models(hint_noise):
+def _models(hint_noise, feedback_layers=0):
   t_cfg = tiny_config(vocab_size=V, k_max=0, max_len=16)
-  s_cfg = tiny_config(vocab_size=V, k_max=3, max_len=16, hint_noise=hint_noise)
+  s_cfg = tiny_config(vocab_size=V, k_max=3, max_len=16, hint_noise=hint_noise, feedback_layers=feedback_layers)
   return (t_cfg, random_params(t_cfg, 3, scale=0.5)[1]["params"]), (s_cfg, random_params(s_cfg, 4)[1]["params"])
 
 
@@ -50,9 +50,10 @@ def _sample(decoder, student, teacher, k, temperature):
   return np.asarray(out), np.asarray(passes), np.asarray(accepted)
 
 
-@pytest.mark.parametrize("hint_noise,k,temperature", [("previous", 2, 1.0), ("current", 3, 0.8)])
-def test_speculative_output_has_the_teachers_distribution(hint_noise, k, temperature):
-  teacher, student = _models(hint_noise)
+@pytest.mark.parametrize("hint_noise,k,temperature,feedback", [("previous", 2, 1.0, 0), ("current", 3, 0.8, 0),
+                                                                ("previous", 3, 1.0, 1)])
+def test_speculative_output_has_the_teachers_distribution(hint_noise, k, temperature, feedback):
+  teacher, student = _models(hint_noise, feedback)
   conts, probs = _exact_joint(*teacher, temperature)
   out, passes, accepted = _sample(speculative.decoder(student[0], teacher[0], k, N), student, teacher, k, temperature)
   assert _chi2_pvalue(out, conts, probs) > 1e-3

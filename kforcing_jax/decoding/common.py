@@ -161,6 +161,41 @@ def readout(logits_BxKxV, counts_BxV, lam, u_BxK=None, mode: str = "argmax"):
   return jnp.stack(ys, 1), counts_BxV
 
 
+def push_forward_step(model, params, tok_BxT, n_new_B, cache, u_BxK, tau_B, mode: str = "argmax", counts_BxV=None,
+                      lam=0.0, u_read_BxK=None):
+  """One cached push-forward step and its readout: the K hint logits and the tokens read from them.
+
+  A token-feedback model (`ModelConfig.feedback_layers` > 0) reads each slot inside the step, since slot i's token
+  is an input of hint i + 1; the readout (`readout`, penalty included) is the same either way.
+
+  Args:
+    model: the `KForcingLM`.
+    params: its inner params dict.
+    tok_BxT, n_new_B, cache: as in `KForcingLM.decode`.
+    u_BxK: the hints' noises.
+    tau_B: the noise encoder's input.
+    mode: "argmax" | "sample".
+    counts_BxV, lam: frequency penalty state and weight (None: no penalty).
+    u_read_BxK: the uniforms the readout inverts (default u_BxK).
+  Returns:
+    (int32 tokens [B, K], float32 hint logits [B, K, V], counts or None, new cache).
+  """
+  u_read = u_BxK if u_read_BxK is None else u_read_BxK
+  picked = {"y": [], "counts": counts_BxV}
+
+  def pick(i, logits_BxV):
+    y, picked["counts"] = readout(logits_BxV[:, None], picked["counts"], lam, u_read[:, i:i + 1], mode)
+    picked["y"].append(y[:, 0])
+    return y[:, 0]
+
+  _, logits, cache = model.apply({"params": params}, tok_BxT, n_new_B, cache, u_BxK, tau_B, pick=pick,
+                                 method=model.decode)
+  if picked["y"]:
+    return jnp.stack(picked["y"], 1), logits.astype(jnp.float32), picked["counts"], cache
+  y, counts = readout(logits, counts_BxV, lam, u_read, mode)
+  return y, logits.astype(jnp.float32), counts, cache
+
+
 def truncate_at_eos(tok_BxN, eos_id: int, pad_id: int):
   """Fixed-length outputs -> (tokens with everything from the first EOS on set to pad, lengths before EOS).
 

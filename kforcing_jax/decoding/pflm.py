@@ -15,8 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import gather_positions, loop_cache_slots, position_noise, scan_growing_cache
-from kforcing_jax.decoding.common import readout as read_tokens
+from kforcing_jax.decoding.common import (gather_positions, loop_cache_slots, position_noise, push_forward_step,
+                                          scan_growing_cache)
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
 
@@ -32,10 +32,8 @@ def noise_length(prompt_width: int, num_tokens: int, k: int) -> int:
 def _step(model, params, tok_BxT, n_new_B, cache, u_BxS, tau_B, counts, lam, k, mode):
   # Hints predict the K positions right after the row's last real token.
   pos = (cache["len"] + n_new_B)[:, None] + jnp.arange(k)[None, :]
-  u_BxK = gather_positions(u_BxS, pos)
-  _, hint_logits, cache = model.apply({"params": params}, tok_BxT, n_new_B, cache, u_BxK, tau_B,
-                                      method=model.decode)
-  y, counts = read_tokens(hint_logits, counts, lam, u_BxK, mode)
+  y, _, counts, cache = push_forward_step(model, params, tok_BxT, n_new_B, cache, gather_positions(u_BxS, pos),
+                                          tau_B, mode, counts, lam)
   return y, counts, cache
 
 

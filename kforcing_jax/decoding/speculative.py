@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import gather_positions, position_noise
+from kforcing_jax.decoding.common import gather_positions, position_noise, push_forward_step
 from kforcing_jax.decoding.verify import cache_size, commit, noise_length, score_drafts
 from kforcing_jax.distill import inverse_cdf
 from kforcing_jax.models.config import ModelConfig
@@ -51,10 +51,10 @@ def draw(probs_BxV, w_B):
 
 def _draft(student, s_params, tok_BxT, n_new_B, cache, u_BxS, ud_BxS, tau_B, k):
   pos = (cache["len"] + n_new_B)[:, None] + jnp.arange(k)[None, :]
-  _, q_logits, cache = student.apply({"params": s_params}, tok_BxT, n_new_B, cache, gather_positions(u_BxS, pos),
-                                     tau_B, method=student.decode)
-  drafts = inverse_cdf.sample(q_logits, gather_positions(ud_BxS, pos))
-  return drafts, q_logits.astype(jnp.float32), cache
+  drafts, q_logits, _, cache = push_forward_step(student, s_params, tok_BxT, n_new_B, cache,
+                                                 gather_positions(u_BxS, pos), tau_B, "sample",
+                                                 u_read_BxK=gather_positions(ud_BxS, pos))
+  return drafts, q_logits, cache
 
 
 def _noises(s_cfg, seed, b, width, num_tokens, k, row_offset):

@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kforcing_jax.decoding.common import cache_slots, gather_positions, position_noise, readout
+from kforcing_jax.decoding.common import cache_slots, gather_positions, position_noise, push_forward_step
 from kforcing_jax.distill import inverse_cdf
 from kforcing_jax.models.config import ModelConfig
 from kforcing_jax.models.transformer import KForcingLM, init_cache
@@ -40,10 +40,9 @@ def noise_length(prompt_width: int, num_tokens: int, k: int) -> int:
 
 def _draft(student, s_params, tok_BxT, n_new_B, cache, u_BxS, tau_B, k, mode="argmax"):
   pos = (cache["len"] + n_new_B)[:, None] + jnp.arange(k)[None, :]
-  u_BxK = gather_positions(u_BxS, pos)
-  _, hint_logits, cache = student.apply({"params": s_params}, tok_BxT, n_new_B, cache, u_BxK, tau_B,
-                                        method=student.decode)
-  return readout(hint_logits, None, 0.0, u_BxK, mode)[0], cache
+  y, _, _, cache = push_forward_step(student, s_params, tok_BxT, n_new_B, cache, gather_positions(u_BxS, pos), tau_B,
+                                     mode)
+  return y, cache
 
 
 def prefill(s_cfg: ModelConfig, s_params, t_cfg: ModelConfig, t_params, prompt_BxP, plen_B, u_BxS, temperature, *,

@@ -87,6 +87,21 @@ def _teacher_targets(obj, teacher_model, teacher_params, ctx, noise, tau_B, stud
   return targets_lib.pflm_rollout(teacher_model, teacher_params, ctx, noise, tau_B, obj.teacher_readout)
 
 
+def _feedback_forward(obj, model, params, teacher_model, teacher_params, ctx, noise, tau_B, **apply_kw):
+  # A token-feedback student is teacher-forced on the prefix its targets condition on: the teacher's rollout, or
+  # its own readout (found by `readout.own_rollout` without gradient).
+  if obj.rollout == "student":
+    own, y_prefix = readout_lib.own_rollout(model, jax.lax.stop_gradient(params), ctx, noise, tau_B, obj.readout,
+                                            **apply_kw)
+    tgt, tgt_logp = _teacher_targets(obj, teacher_model, teacher_params, ctx, noise, tau_B, own)
+  else:
+    tgt, tgt_logp = _teacher_targets(obj, teacher_model, teacher_params, ctx, noise, tau_B, None)
+    y_prefix = tgt
+  logits = model.apply({"params": params}, ctx, noise, tau_B, method=model.staircase, feedback_BxWxK=y_prefix,
+                       **apply_kw)
+  return logits, tgt, tgt_logp
+
+
 def _noise_inversion(obj, teacher_model, teacher_params, tok_BxN, key, tau_B):
   b, n = tok_BxN.shape
   w, k = n - obj.k, obj.k
@@ -120,15 +135,20 @@ def pflm_loss(obj: Objective, model, params, teacher_model, teacher_params, tok_
   decision_logits = None
   if obj.targets == "noise_inversion":
     ctx, noise, tgt, tgt_logp = _noise_inversion(obj, teacher_model, teacher_params, tok_BxN, k_noise, tau_B)
-    logits = model.apply({"params": params}, ctx, noise, tau_B, method=model.staircase, **apply_kw)
+    logits = model.apply({"params": params}, ctx, noise, tau_B, method=model.staircase, feedback_BxWxK=tgt,
+                         **apply_kw)
   else:
     ctx = tok_BxN[:, : n - obj.k]
     noise = jax.random.uniform(k_noise, (b, n - obj.k, obj.k))
-    decisions = model.cfg.hint_noise == "interleaved"
-    out = model.apply({"params": params}, ctx, noise, tau_B, method=model.staircase,
-                      return_decision_logits=decisions, **apply_kw)
-    logits, decision_logits = out if decisions else (out, None)
-    tgt, tgt_logp = _teacher_targets(obj, teacher_model, teacher_params, ctx, noise, tau_B, logits)
+    if model.cfg.feedback_layers and obj.k > 1:
+      logits, tgt, tgt_logp = _feedback_forward(obj, model, params, teacher_model, teacher_params, ctx, noise,
+                                                tau_B, **apply_kw)
+    else:
+      decisions = model.cfg.hint_noise == "interleaved"
+      out = model.apply({"params": params}, ctx, noise, tau_B, method=model.staircase,
+                        return_decision_logits=decisions, **apply_kw)
+      logits, decision_logits = out if decisions else (out, None)
+      tgt, tgt_logp = _teacher_targets(obj, teacher_model, teacher_params, ctx, noise, tau_B, logits)
   weight = losses.window_weights(loss_mask_BxN, obj.k)
   scale = losses.slot_scales(obj.k, obj.slot_weighting)
   ce, ce_m = losses.slot_cross_entropy(logits, tgt, weight, obj.mask_index, scale)

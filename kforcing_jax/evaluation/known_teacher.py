@@ -39,19 +39,20 @@ class Settings:
   num_heads: int = 4
   mlp_dim: int = 256
   teacher_steps: int = 300
-  stage_steps: Sequence[int] = (150, 1200, 1500)   # k = 1, 2, 4
+  stage_steps: Sequence[int] = (150, 300, 300)   # k = 1, 2, 4
   stage_ks: Sequence[int] = (1, 2, 4)
   lr: float = 3e-3
   distill_lr: float = 3e-3
   loss: str = "kl"
   readout: str = "sample"
-  rollout: str = "student"
+  rollout: str = "teacher"
   hint_noise: str = "previous"
   noise_features: str = "sinusoid"
+  feedback_layers: int = 1         # token feedback into the last blocks (`ModelConfig.feedback_layers`)
   noise_encoder_lr_mult: float = 1.0
   decision_weight: float = 1.0
   ema_decay: float = 0.0           # > 0: evaluate and keep an EMA of the student's params
-  eval_every: int = 300
+  eval_every: int = 100
   eval_seqs: int = 32
   decode_rows: int = 64
   decode_tokens: int = 24
@@ -85,6 +86,7 @@ def sample_chain(trans: np.ndarray, key, rows: int, length: int):
 def _config(s: Settings, k: int) -> ModelConfig:
   return ModelConfig(vocab_size=s.vocab, num_layers=s.num_layers, d_model=s.d_model, num_heads=s.num_heads,
                      mlp_dim=s.mlp_dim, max_len=s.seq_len + 8, k_max=k, hint_noise=s.hint_noise,
+                     feedback_layers=s.feedback_layers if k else 0,
                      noise_features=s.noise_features)
 
 

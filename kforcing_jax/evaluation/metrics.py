@@ -34,8 +34,7 @@ from kforcing_jax.models.transformer import KForcingLM
 @functools.lru_cache(maxsize=16)
 def _staircase_argmax(cfg: ModelConfig):
   model = KForcingLM(cfg)
-  return jax.jit(lambda p, ctx, noise, tau: jnp.argmax(
-      model.apply({"params": p}, ctx, noise, tau, method=model.staircase), -1))
+  return jax.jit(lambda p, ctx, noise, tau: readout_lib.own_rollout(model, p, ctx, noise, tau, "argmax")[1])
 
 
 @functools.lru_cache(maxsize=16)
@@ -43,8 +42,7 @@ def _fidelity_fn(s_cfg: ModelConfig, t_cfg: ModelConfig, readout: str):
   student, teacher = KForcingLM(s_cfg), KForcingLM(t_cfg)
 
   def run(s_params, t_params, ctx, noise, tau):
-    q_logits = student.apply({"params": s_params}, ctx, noise, tau, method=student.staircase)
-    y_hat = readout_lib.tokens(q_logits, noise, readout)
+    q_logits, y_hat = readout_lib.own_rollout(student, s_params, ctx, noise, tau, readout)
     p_logp = targets.ar_along(teacher, t_params, ctx, y_hat[..., :-1], tau)
     _, p_teacher = targets.ar_rollout(teacher, t_params, ctx, noise, tau)
     tv = 0.5 * jnp.sum(jnp.abs(jnp.exp(p_logp) - jax.nn.softmax(q_logits, -1)), -1)
@@ -59,8 +57,7 @@ def _slot_tokens_fn(s_cfg: ModelConfig, readout: str, slot: int):
 
   def run(s_params, ctx, noise, u_slot, tau):
     noise = noise.at[..., slot].set(u_slot)
-    logits = student.apply({"params": s_params}, ctx, noise, tau, method=student.staircase)
-    return readout_lib.tokens(logits, noise, readout)[..., slot]
+    return readout_lib.own_rollout(student, s_params, ctx, noise, tau, readout)[1][..., slot]
   return jax.jit(run)
 
 

@@ -45,6 +45,11 @@ class ModelConfig:
   # Features of u in the noise encoder: "sinusoid" (the reference's, <= 1 cycle over [0, 1]) | "ramp" (a
   # thermometer code, `layers.ramp_features`). Same parameter shapes.
   noise_features: str = "sinusoid"
+  # Token feedback: the last `feedback_layers` blocks add to hint i (i >= 2) the embedding of the token slot i-1
+  # emitted, so a hint no longer has to recover the earlier slots' tokens from their noises (docs/method.md §9).
+  # Training feeds the rollout the targets follow (one parallel staircase); decoding runs those blocks slot by
+  # slot. 0: off (the reference). No parameters of its own: the token embedding table is reused.
+  feedback_layers: int = 0
   # ---- backbone architecture (defaults: the reference's DDiT block; `PRESETS` names the other families) ----
   norm: str = "layernorm_nobias"   # layernorm_nobias (reference) | layernorm (scale + bias, GPT-2) | rmsnorm
   norm_eps: float = 1e-5
@@ -81,6 +86,10 @@ class ModelConfig:
       raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
     if self.tie_embeddings and self.head_bias:
       raise ValueError("tie_embeddings=True has no separate head, so head_bias must be False")
+    if not 0 <= self.feedback_layers <= self.num_layers:
+      raise ValueError(f"feedback_layers={self.feedback_layers} outside 0..num_layers={self.num_layers}")
+    if self.feedback_layers and self.hint_noise == "interleaved":
+      raise ValueError("feedback_layers needs hint_noise 'previous' or 'current', not 'interleaved'")
     if self.k_max < 0:
       raise ValueError(f"k_max must be >= 0, got {self.k_max}")
     if not -1 <= self.mask_index < self.vocab_size:

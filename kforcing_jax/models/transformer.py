@@ -47,6 +47,33 @@ def _decode_attend(q, k, v, layer_cache, *, start_B, kv_len_B, pos_BxQ, n_ctx, i
   return o, (kc, vc)
 
 
+def _feedback_attend(q, k, v, layer_state, *, start_B, kv_len_B, pos_BxQ, n_ctx, impl):
+  # A feedback block in decoding: [n_ctx context rows | new hint rows] against the cache (written here for the
+  # context rows) plus every hint row this block has seen so far in the step (kept in the state).
+  (kc, vc), (kh, vh) = layer_state
+  if n_ctx:
+    kc = attention.write_cache(kc, k[:, :n_ctx], start_B)
+    vc = attention.write_cache(vc, v[:, :n_ctx], start_B)
+  h = q.shape[2]
+  n_prev = 0 if kh is None else kh.shape[1]
+  new_k, new_v = attention.expand_kv(k[:, n_ctx:], h), attention.expand_kv(v[:, n_ctx:], h)
+  kh = new_k if kh is None else jnp.concatenate([kh, new_k], 1)
+  vh = new_v if vh is None else jnp.concatenate([vh, new_v], 1)
+  # Hint row r of this call is hint n_prev + r of the step: shifting n_ctx down by n_prev lets it see hints
+  # 1..n_prev + r (the XLA path; the Pallas decode kernel takes only the first call's layout).
+  o = attention.decode_attention(q, pos_BxQ, attention.expand_kv(kc, h, 1), attention.expand_kv(vc, h, 1),
+                                 kv_len_B, n_ctx - n_prev, kh, vh, impl=impl if not n_prev else "split")
+  return o, ((kc, vc), (kh, vh))
+
+
+def _add_feedback(x_BxTxD, fb_BxTxD):
+  # The residual stream is ~100x the embeddings' scale a few blocks in, where a raw token embedding would vanish in
+  # the next LayerNorm: each feedback row is rescaled to the RMS of the row it joins (zero rows stay zero).
+  rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a.astype(jnp.float32)), -1, keepdims=True))
+  scale = jax.lax.stop_gradient(rms(x_BxTxD)) / (rms(fb_BxTxD) + 1e-6)
+  return x_BxTxD + (fb_BxTxD.astype(jnp.float32) * scale).astype(x_BxTxD.dtype)
+
+
 def _slot_rows(cfg: ModelConfig, x, axis: int):
   # The slot hints among all hints: every other one (D_1, D_2, ...) in the "interleaved" layout.
   if cfg.hint_noise != "interleaved":
@@ -104,14 +131,35 @@ class KForcingLM(nn.Module):
       logits = logits.at[..., self.cfg.mask_index].set(NEG_LOGIT)
     return constrain(logits, ("batch", "length", "vocab"))
 
-  def _run(self, x, pos, attend, states, deterministic):
+  def _run(self, x, pos, attend, states, deterministic, feedback=None):
     if self.cfg.position == "learned":  # hints read the table at their own positions t + i, like tokens
       x = x + self.pos_embed(jnp.minimum(pos, self.cfg.max_len - 1)).astype(x.dtype)
+    lo = self.cfg.num_layers - self.cfg.feedback_layers
+    x, new_states = self._blocks(x, pos, attend, states, deterministic, 0, lo)
+    if feedback is not None:
+      x = _add_feedback(x, feedback)
+    x, tail = self._blocks(x, pos, attend, None if states is None else states[lo:], deterministic, lo,
+                           self.cfg.num_layers)
+    return x, new_states + tail
+
+  def _blocks(self, x, pos, attend, states, deterministic, lo: int, hi: int):
+    # Blocks lo..hi-1; `states` holds theirs, in order (or None).
     new_states = []
-    for i, blk in enumerate(self.blocks):
-      x, s = blk(x, pos, attend, None if states is None else states[i], deterministic)
+    for i in range(lo, hi):
+      x, s = self.blocks[i](x, pos, attend, None if states is None else states[i - lo], deterministic)
       new_states.append(s)
     return x, new_states
+
+  def feedback_embedding(self, y_xK):
+    """What the feedback blocks add to each hint: zero for hint 1, the embedding of y_{i-1} for hint i.
+
+    Args:
+      y_xK: the tokens each slot emitted (or, in training, the rollout's tokens) [..., K].
+    Returns:
+      [..., K, D] in the compute dtype.
+    """
+    e = self.embed(y_xK[..., :-1])
+    return jnp.concatenate([jnp.zeros_like(e[..., :1, :]), e], -2)
 
   def _check_k(self, k: int, allow_double: bool = False):
     if not self.cfg.is_pflm:
@@ -141,10 +189,11 @@ class KForcingLM(nn.Module):
 
   # ---- push-forward training ----
   def staircase_from_hints(self, ctx_BxW, hint_BxWxKxD, deterministic: bool = True, return_ctx_logits=False,
-                           offsets=None):
+                           offsets=None, feedback_BxWxKxD=None):
     """Staircase forward with given hint embeddings (noise hints, or real tokens for the double forward).
 
     Hint j of window t sits at position t + offsets[j] (default: t + j + 1); returns logits of every hint.
+    `feedback_BxWxKxD` (token feedback) is added to the hints before the last cfg.feedback_layers blocks.
     """
     b, w = ctx_BxW.shape
     kk = hint_BxWxKxD.shape[2]
@@ -155,14 +204,18 @@ class KForcingLM(nn.Module):
     pos = jnp.broadcast_to(jnp.concatenate([jnp.arange(w), pos_h]), (b, w + w * kk))
     attend = functools.partial(_staircase_attend, w=w, kk=kk, impl=self.cfg.attention_impl,
                                block_q=self.cfg.block_q, block_k=self.cfg.block_k)
-    x, _ = self._run(constrain(x, ("batch", "length", "embed")), pos, attend, None, deterministic)
+    fb = None
+    if feedback_BxWxKxD is not None:
+      fb = jnp.concatenate([jnp.zeros((b, w, x.shape[-1]), x.dtype),
+                            feedback_BxWxKxD.reshape(b, w * kk, -1).astype(x.dtype)], 1)
+    x, _ = self._run(constrain(x, ("batch", "length", "embed")), pos, attend, None, deterministic, fb)
     hint_logits = self._logits(x[:, w:]).reshape(b, w, kk, -1)
     if return_ctx_logits:
       return hint_logits, self._logits(x[:, :w])
     return hint_logits
 
   def staircase(self, ctx_BxW, noise_BxWxK, tau_B, deterministic: bool = True, return_ctx_logits=False,
-                return_decision_logits=False):
+                return_decision_logits=False, feedback_BxWxK=None):
     """Push-forward training forward (the reference's global staircase mask).
 
     Args:
@@ -172,6 +225,8 @@ class KForcingLM(nn.Module):
       deterministic: no dropout when True.
       return_ctx_logits: also return the context stream's next-token logits [B, W, V].
       return_decision_logits: also return the decision hints' logits [B, W, K, V] ("interleaved" layout).
+      feedback_BxWxK: token feedback (cfg.feedback_layers > 0, K >= 2): the tokens y_1..y_K of each window's
+        rollout; hint i is given y_{i-1} (teacher forcing, so all slots train in one pass).
     Returns:
       Slot logits [B, W, K, V] (float32), and the context or decision logits if asked.
     """
@@ -180,7 +235,13 @@ class KForcingLM(nn.Module):
     if return_decision_logits and (return_ctx_logits or self.cfg.hint_noise != "interleaved"):
       raise ValueError("decision logits exist only for hint_noise='interleaved', without context logits")
     hints = self.encode_hints(noise_BxWxK, tau_B)
-    out = self.staircase_from_hints(ctx_BxW, hints, deterministic, return_ctx_logits, self.cfg.hint_offsets(kk))
+    fb = None
+    if self.cfg.feedback_layers and kk > 1:
+      if feedback_BxWxK is None:
+        raise ValueError("a token-feedback model (feedback_layers > 0) needs the rollout tokens (feedback_BxWxK)")
+      fb = self.feedback_embedding(feedback_BxWxK)
+    out = self.staircase_from_hints(ctx_BxW, hints, deterministic, return_ctx_logits, self.cfg.hint_offsets(kk),
+                                    fb)
     logits, ctx = (out, None) if not return_ctx_logits else out
     slots = _slot_rows(self.cfg, logits, 2)
     if return_decision_logits:
@@ -262,6 +323,9 @@ class KForcingLM(nn.Module):
       Logits [B, W, K, V] of the second step's hints.
     """
     kk, k2 = y1_BxWxK.shape[-1], noise2_BxWxK.shape[-1]
+    if self.cfg.feedback_layers:
+      raise ValueError("a token-feedback model takes its targets from the AR teacher (target_teacher=ar), not from "
+                       "its own doubling")
     self._check_k(kk)
     self._check_k(k2)
     hints = jnp.concatenate([self.embed(y1_BxWxK), self.encode_hints(noise2_BxWxK, tau_B)], 2)
@@ -271,7 +335,7 @@ class KForcingLM(nn.Module):
 
   # ---- decoding ----
   def decode(self, tok_BxT, n_new_B, cache, noise_BxK: Optional[jax.Array] = None, tau_B=None,
-             ctx_logits: str = "none"):
+             ctx_logits: str = "none", pick=None):
     """One cached decode step: write T context tokens per row, then (push-forward) read K hint logits.
 
     Row b's tokens go to positions cache["len"][b] + 0..T-1; only the first n_new_B[b] are real (the rest are
@@ -285,10 +349,16 @@ class KForcingLM(nn.Module):
       noise_BxK: uniform noises for K hints (push-forward), or None (AR step).
       tau_B: temperature fed to the noise encoder (push-forward only).
       ctx_logits: "none" | "last" (logits after the last real token, [B, V]) | "all" ([B, T, V]).
+      pick: token feedback (cfg.feedback_layers > 0, K >= 2): fn(i, logits_BxV) -> int32 [B], the token slot i
+        (0-based) emits; it is called for i = 0..K-1 in order, and its token i is fed back to hint i + 1.
     Returns:
       (ctx logits or None, hint logits [B, K, V] or None, new cache).
     """
     b, t = tok_BxT.shape
+    if noise_BxK is not None and self.cfg.feedback_layers and noise_BxK.shape[-1] > 1:
+      if pick is None:
+        raise ValueError("a token-feedback model (feedback_layers > 0) decodes with a `pick` readout")
+      return self._decode_feedback(tok_BxT, n_new_B, cache, noise_BxK, tau_B, ctx_logits, pick)
     start = cache["len"]
     kv_len = start + n_new_B.astype(jnp.int32)
     x = self.embed(tok_BxT)
@@ -307,14 +377,53 @@ class KForcingLM(nn.Module):
     hint_logits = None
     if noise_BxK is not None:  # only the slot hints get the head (not the decision hints)
       hint_logits = self._logits(_slot_rows(self.cfg, x[:, t:], 1))
-    if ctx_logits == "all":
-      out = self._logits(x[:, :t])
-    elif ctx_logits == "last":
-      last = jnp.take_along_axis(x[:, :t], (n_new_B - 1)[:, None, None].astype(jnp.int32), 1)
-      out = self._logits(last)[:, 0]
-    else:
-      out = None
-    return out, hint_logits, new_cache
+    return self._ctx_logits(x[:, :t], n_new_B, ctx_logits), hint_logits, new_cache
+
+  def _decode_feedback(self, tok_BxT, n_new_B, cache, noise_BxK, tau_B, ctx_logits, pick):
+    # `decode` for a token-feedback model: the trunk as usual; then the feedback blocks for the tokens and hint 1
+    # together, and for hints 2..K one row at a time, each with the embedding of the token the slot before emitted.
+    cfg = self.cfg
+    b, t = tok_BxT.shape
+    kk = noise_BxK.shape[-1]
+    self._check_k(kk)
+    start = cache["len"]
+    kv_len = start + n_new_B.astype(jnp.int32)
+    hints = self.encode_hints(noise_BxK[:, None, :], tau_B)[:, 0]
+    x = jnp.concatenate([self.embed(tok_BxT), hints.astype(cfg.dtype)], 1)
+    pos = jnp.concatenate([start[:, None] + jnp.arange(t)[None, :],
+                           kv_len[:, None] - 1 + jnp.asarray(cfg.hint_offsets(kk))[None, :]], 1)
+    if cfg.position == "learned":
+      x = x + self.pos_embed(jnp.minimum(pos, cfg.max_len - 1)).astype(x.dtype)
+    lo = cfg.num_layers - cfg.feedback_layers
+    states = list(zip(cache["k"], cache["v"]))
+    attend = functools.partial(_decode_attend, start_B=start, kv_len_B=kv_len, pos_BxQ=pos, n_ctx=t,
+                               impl=cfg.attention_impl)
+    x, trunk = self._blocks(x, pos, attend, states[:lo], True, 0, lo)
+    fb_states = [(kv, (None, None)) for kv in states[lo:]]
+    rows, logits, y = x[:, : t + 1], [], None
+    for i in range(kk):
+      if i:
+        rows = _add_feedback(x[:, t + i: t + i + 1], self.embed(y)[:, None])
+      n_ctx = t if i == 0 else 0
+      p = pos[:, : t + 1] if i == 0 else pos[:, t + i: t + i + 1]
+      attend = functools.partial(_feedback_attend, start_B=start, kv_len_B=kv_len, pos_BxQ=p, n_ctx=n_ctx,
+                                 impl=cfg.attention_impl)
+      out, fb_states = self._blocks(rows, p, attend, fb_states, True, lo, cfg.num_layers)
+      if i == 0:
+        ctx_x, out = out[:, :t], out[:, t:]
+      logits.append(self._logits(out)[:, 0])
+      y = pick(i, logits[-1])
+    new_states = trunk + [kv for kv, _ in fb_states]
+    new_cache = {"k": [s[0] for s in new_states], "v": [s[1] for s in new_states], "len": kv_len}
+    return self._ctx_logits(ctx_x, n_new_B, ctx_logits), jnp.stack(logits, 1), new_cache
+
+  def _ctx_logits(self, x_BxTxD, n_new_B, which: str):
+    if which == "all":
+      return self._logits(x_BxTxD)
+    if which == "last":
+      last = jnp.take_along_axis(x_BxTxD, (n_new_B - 1)[:, None, None].astype(jnp.int32), 1)
+      return self._logits(last)[:, 0]
+    return None
 
   def init_all(self, tok_BxN):
     """Touches every parameter (for `init`): the AR forward, plus the noise encoder of a push-forward LM."""

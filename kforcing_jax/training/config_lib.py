@@ -119,9 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
 RECIPES = {
     "reference": {"loss": "ce", "readout": "argmax", "rollout": "teacher", "target_teacher": "previous",
                   "tau_range": [1.0, 1.0], "model.hint_noise": "current", "model.noise_features": "sinusoid",
+                  "model.feedback_layers": 0,
                   "optim.lr": 1e-4, "optim.schedule": "constant", "ema_decay": 0.999},
     "kf": {"loss": "kl", "readout": "sample", "rollout": "teacher", "target_teacher": "ar",
-           "model.hint_noise": "previous", "slot_weighting": "prefix", "optim.lr": 1e-3},
+           "model.hint_noise": "previous", "model.feedback_layers": 2, "slot_weighting": "prefix", "optim.lr": 1e-3},
 }
 
 
