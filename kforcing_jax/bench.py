@@ -28,7 +28,8 @@ def _name(workdir, paper_size, demo_size, quick, smollm2_size=False):
 
 def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None, ks=(1, 2, 3, 4),
           ar_samplers=AR_SAMPLERS, num_tokens=122, prompt_len=6, repeats=3, unroll=1, dtype="float32", quick=False,
-          out=None, progress=True, demo_size=False, speculative=False, readout=None, smollm2_size=False) -> dict:
+          out=None, progress=True, demo_size=False, speculative=False, readout=None, smollm2_size=False,
+          feedback_layers=0) -> dict:
   """Checks every argument and output, runs one benchmark sweep and writes its JSON / PNG (see `benchmark.run`)."""
   if bool(workdir) + bool(paper_size) + bool(demo_size) + bool(smollm2_size) != 1:
     raise ValueError("give exactly one of --workdir, --paper_size, --demo_size or --smollm2_size")
@@ -44,9 +45,12 @@ def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None
     raise ValueError("--teacher_workdir / --speculative need --workdir (a trained student)")
   if speculative and not teacher_workdir:
     raise ValueError("--speculative needs --teacher_workdir")
+  if feedback_layers and workdir:
+    raise ValueError("--feedback_layers sets the random-weight sizes' token feedback; a checkpoint has its own")
   if quick:
     num_tokens, repeats = min(num_tokens, 12), 1
   name = _name(workdir, paper_size, demo_size, quick, smollm2_size)
+  name += f"_fb{feedback_layers}" if feedback_layers else ""
   if out:
     files.check_output_dir(out, [f"bench_{name}.json", f"speedup_{name}.png"])
   from kforcing_jax.evaluation import benchmark
@@ -62,6 +66,7 @@ def bench(workdir=None, teacher_workdir=None, paper_size=False, batch_sizes=None
     if quick:  # the tiny stand-in keeps the family (SmolLM2: GQA, tied)
       cfg = cfg.replace(num_layers=2, d_model=64, num_heads=2, mlp_dim=128, vocab_size=512,
                         num_kv_heads=1 if cfg.num_kv_heads else 0)
+    cfg = cfg.replace(feedback_layers=feedback_layers)
     params = benchmark.random_params(cfg)
   if prompt_len + num_tokens > cfg.max_len:
     raise ValueError(f"prompt_len + num_tokens = {prompt_len + num_tokens} exceeds max_len={cfg.max_len}")
@@ -121,6 +126,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_tokens", 122, "new tokens per row")
   flags.DEFINE_integer("prompt_len", 6, "prompt tokens per row")
   flags.DEFINE_integer("repeats", 3, "timed repeats after one warm-up")
+  flags.DEFINE_integer("feedback_layers", 0, "random-weight sizes: token-feedback blocks (ModelConfig.feedback_layers)")
   flags.DEFINE_integer("unroll", 1, "lax.scan unroll")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "paper-size compute dtype")
   flags.DEFINE_bool("quick", False, "smoke run: batch 1,2, 12 tokens, 1 repeat, tiny paper-size stand-in")
@@ -133,7 +139,8 @@ def main(argv):
   f = flags.FLAGS
   report = bench(f.workdir, f.teacher_workdir, f.paper_size, f.batch_sizes, f.ks, f.ar_samplers, f.num_tokens,
                  f.prompt_len, f.repeats, f.unroll, f.dtype, f.quick, f.out, demo_size=f.demo_size,
-                 speculative=f.speculative, readout=f.readout, smollm2_size=f.smollm2_size)
+                 speculative=f.speculative, readout=f.readout, smollm2_size=f.smollm2_size,
+                 feedback_layers=f.feedback_layers)
   print(benchmark.markdown_table(report))
 
 def run(argv=None):

@@ -35,3 +35,15 @@ def test_smollm2_size_quick_sweep():
 def test_one_shape_only():
   with pytest.raises(ValueError, match="exactly one of .*--smollm2_size"):
     bench.bench(paper_size=True, smollm2_size=True)
+
+
+def test_feedback_layers_quick_sweep_and_bad_use():
+  # SmolLM2's quick stand-in (GQA, tied head) with one token-feedback block of its two.
+  report = bench.bench(smollm2_size=True, quick=True, batch_sizes=["1"], ks=["3"], ar_samplers=["greedy"],
+                       num_tokens=6, progress=False, feedback_layers=1)
+  assert report["name"] == "smollm2_size_quick_fb1" and report["config"]["feedback_layers"] == 1
+  assert report["results"]["1"]["k3"]["tokens_per_s"] > 0
+  with pytest.raises(ValueError, match="a checkpoint has its own"):
+    bench.bench(workdir="runs/k4", feedback_layers=1)
+  with pytest.raises(ValueError, match="feedback_layers=3"):
+    bench.bench(demo_size=True, quick=True, feedback_layers=3)
