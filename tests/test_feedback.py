@@ -137,3 +137,6 @@ def test_bad_feedback_configs_are_refused():
   with pytest.raises(ValueError, match="target_teacher=ar"):
     model.apply({"params": params}, jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3, 2), jnp.int32),
                 jnp.full((1, 3, 2), 0.5), jnp.ones((1,)), method=model.double_forward)
+  with pytest.raises(ValueError, match="target_teacher=ar"):
+    objectives.check_teacher(objectives.Objective(k=4, loss="kl"), 2, teacher_feedback=1)
+  objectives.check_teacher(objectives.Objective(k=4, loss="kl"), 0, teacher_feedback=0)

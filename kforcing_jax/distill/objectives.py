@@ -57,8 +57,12 @@ class Objective:
       raise ValueError(f"tau_range must satisfy 0 < min <= max, got {self.tau_range}")
 
 
-def check_teacher(obj: Objective, teacher_k: int) -> None:
-  """Raises ValueError when the target teacher (k_max = teacher_k; 0 = AR) cannot serve the objective."""
+def check_teacher(obj: Objective, teacher_k: int, teacher_feedback: int = 0) -> None:
+  """Raises ValueError when the target teacher (k_max = teacher_k; 0 = AR; teacher_feedback: its
+  feedback_layers) cannot serve the objective."""
+  if teacher_k > 0 and teacher_feedback:
+    raise ValueError("a token-feedback k-model cannot roll out the reference's doubling targets; distill from the "
+                     "AR teacher (target_teacher=ar)")
   if obj.targets == "noise_inversion" and teacher_k != 0:
     raise ValueError(f"noise_inversion needs an AR target teacher, got a k={teacher_k} push-forward model")
   if obj.rollout == "student" and teacher_k != 0:

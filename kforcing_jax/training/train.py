@@ -200,7 +200,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
       run.target_cfg, target_meta = workdir_lib.check_teacher(run.target_dir, mcfg, config.targets, "ar")
     run.obj = objective(config, target_meta.get("readout") or "argmax", mcfg.mask_index)
     try:
-      objectives.check_teacher(run.obj, run.target_cfg.k_max)
+      objectives.check_teacher(run.obj, run.target_cfg.k_max, run.target_cfg.feedback_layers)
     except ValueError as e:
       raise BadInputError(f"target teacher {run.target_dir}: {e}") from e
   run.tokenizer = workdir_lib.tokenizer_for_run(config.data, workdir, source, resuming=resuming)
