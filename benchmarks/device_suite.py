@@ -2,8 +2,8 @@
 
 Run through `benchmarks/device_suite.sh` (which installs the CUDA wheels first); this module is the part that
 measures. Sections, each printed as a docs/benchmarks.md table and written to OUT/device_suite.md + .json:
-1. The sort-free inverse CDF against the full-sort reference on this backend (the prefix property of
-   `jnp.cumsum` it relies on is backend-specific); any mismatch fails the run.
+1. The sort-free inverse CDF against the full-sort reference on this backend (integer sums are exact in any
+   order, but the float softmax feeding the weights is the backend's own); any mismatch fails the run.
 2. One staircase attention layer, forward + backward (all six input gradients), dense / split / pallas, float32
    and bfloat16: median ms, XLA's compiled temp / peak memory, max relative error against dense. A kernel that
    does not compile, or disagrees with dense, fails the run.

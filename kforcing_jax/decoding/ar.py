@@ -4,7 +4,7 @@ grown between segments of the loop, `common.scan_growing_cache`).
 Samplers (all read the noise u_j of the token's absolute position j, see `common`):
   "icdf"       the project's inverse CDF (vocabulary sorted by probability; `distill.inverse_cdf.sample`). This is
                what the teacher targets and lossless verification use, so it is the AR reference for fidelity.
-               Exact and sort-free when u falls in the top-64 mass (docs/benchmarks.md has its cost).
+               Exact and sort-free: a bisection on the probability threshold (docs/benchmarks.md has its cost).
   "vocab_cdf"  inverse CDF in vocabulary-id order (cumsum + compare, no sort): an exact sample of the same
                distribution at the cost of the reference's `torch.multinomial`. Used as the fair speed baseline.
   "greedy"     argmax (ignores u).

@@ -7,8 +7,8 @@ t_m: the teacher's token at the first disagreement, or a bonus token when all K 
 t_i, the teacher's inverse-CDF sample for u at that position given the accepted prefix, the output is token for
 token the AR sampler's (`ar`, sampler "icdf") for the same noise. That holds in exact arithmetic and in the tests;
 in float32 the teacher's logits from a (K+1)-token scoring pass and from a one-token AR step differ in the last
-bits. When u falls in the far tail of the sorted CDF, where single tokens carry ~1e-6 of probability (close to the
-float32 rounding of the cumulative sum), that can move the crossing to a neighbouring token of almost the same
+bits. When u falls in the far tail of the sorted CDF, where single tokens carry ~1e-6 of probability (a few units of
+the integer weights, `inverse_cdf`), that can move the crossing to a neighbouring token of almost the same
 probability, and the row diverges from there (`matches_teacher` in `evaluation.report` measures how often;
 docs/results.md has the numbers). Each emitted token is still the teacher's inverse-CDF sample under its
 own logits.

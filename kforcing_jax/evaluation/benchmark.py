@@ -7,8 +7,8 @@ loop time (prefill excluded; its median is reported apart, plus the end-to-end r
 model's dtype and the heads-major [B, H, S, D] preallocated cache layout.
 
 AR baselines (see `decoding.ar`): "vocab_cdf" (an exact sample at the cost of torch.multinomial; the baseline the
-speed-up is quoted against), "icdf" (the sorted inverse CDF the fidelity/verify paths use; a full vocabulary sort
-per token) and "greedy".
+speed-up is quoted against), "icdf" (the sorted inverse CDF the fidelity/verify paths use; sort-free, a bisection of
+masked sums over the vocabulary per token) and "greedy".
 """
 import statistics
 import time
