@@ -5,7 +5,9 @@ r"""The method self-test on a known teacher (a random sparse Markov chain): JSON
 
 Writes OUT/known_teacher.json (settings, the teacher's KL to the chain, per stage: eval curve of per-slot KL / TV,
 final per-slot KL / TV, tokens per teacher pass of speculative and shared-noise verify decoding, wall-clock) and
-OUT/known_teacher.png. Logic: `kforcing_jax.evaluation.known_teacher`.
+OUT/known_teacher.png. Logic: `kforcing_jax.evaluation.known_teacher`. With --bench_batch_sizes, also the decoding
+speed of the last student against its teacher (AR with both samplers, the push-forward K, verify and speculative;
+`evaluation.benchmark.run`), printed as a table and written to OUT/known_teacher_speed.json.
 """
 import dataclasses
 import json
@@ -16,6 +18,7 @@ from absl import app, flags
 from kforcing_jax.evaluation import known_teacher
 
 _OUT = flags.DEFINE_string("out", "known_teacher_out", "output directory")
+_BENCH = flags.DEFINE_list("bench_batch_sizes", [], "also time the last student's decoders at these batch sizes")
 _OVERRIDES = {f.name: f for f in dataclasses.fields(known_teacher.Settings)}
 for _f in dataclasses.fields(known_teacher.Settings):
   _d = _f.default
@@ -61,12 +64,26 @@ def main(argv):
     v = flags.FLAGS[name].value
     kw[name] = tuple(int(x) for x in v) if isinstance(f.default, tuple) else v
   settings = known_teacher.Settings(**kw)
+  if not all(b.isdigit() and int(b) > 0 for b in _BENCH.value):
+    raise app.UsageError(f"--bench_batch_sizes takes positive integers, got {_BENCH.value}")
+  batches = [int(b) for b in _BENCH.value]
   os.makedirs(_OUT.value, exist_ok=True)
-  result = known_teacher.run(settings)
+  models = {}
+  result = known_teacher.run(settings, models=models)
   with open(os.path.join(_OUT.value, "known_teacher.json"), "w") as f:
     json.dump(result, f, indent=1)
   plot(result, os.path.join(_OUT.value, "known_teacher.png"))
   print(f"wrote {_OUT.value}/known_teacher.json and .png ({result['wall_s']:.0f} s)")
+  if batches:
+    from kforcing_jax.evaluation import benchmark
+
+    cfg, params = models["student"]
+    speed = benchmark.run(cfg, params, batches, ks=(cfg.k_max,), ar_samplers=("vocab_cdf", "icdf"),
+                          ar_model=models["teacher"], teacher=models["teacher"], readout=settings.readout,
+                          num_tokens=settings.decode_tokens, progress=False)  # the model's positions stop at 40
+    with open(os.path.join(_OUT.value, "known_teacher_speed.json"), "w") as f:
+      json.dump(speed, f, indent=1)
+    print(benchmark.markdown_table(speed))
 
 
 if __name__ == "__main__":

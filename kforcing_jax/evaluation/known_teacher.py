@@ -182,8 +182,12 @@ def tokens_per_pass(s: Settings, trans, student, teacher, k: int) -> dict:
           "verify_tokens_per_pass": rows_tokens / float(np.sum(np.asarray(vpasses)))}
 
 
-def run(s: Settings = Settings(), log=print, stages: Optional[Sequence[int]] = None) -> dict:
-  """The whole self-test: fit the teacher, distill the chain of stages, measure. Returns a JSON-able dict."""
+def run(s: Settings = Settings(), log=print, stages: Optional[Sequence[int]] = None,
+        models: Optional[dict] = None) -> dict:
+  """The whole self-test: fit the teacher, distill the chain of stages, measure. Returns a JSON-able dict.
+
+  If `models` is a dict, it receives "teacher" and "student" (the last stage), each as (cfg, params).
+  """
   t0 = time.time()
   trans = markov_chain(s)
   ent = -(trans * np.log(np.where(trans > 0, trans, 1.0))).sum(1).mean()
@@ -206,4 +210,6 @@ def run(s: Settings = Settings(), log=print, stages: Optional[Sequence[int]] = N
     out["stages"][str(k)] = res
     init = params
   out["wall_s"] = time.time() - t0
+  if models is not None:
+    models.update(teacher=teacher, student=(cfg, params))
   return out
