@@ -13,7 +13,9 @@ import dataclasses
 import json
 import os
 
-from absl import app, flags
+from absl import flags
+
+from kforcing_jax import cli
 
 from kforcing_jax.evaluation import known_teacher
 
@@ -65,7 +67,7 @@ def main(argv):
     kw[name] = tuple(int(x) for x in v) if isinstance(f.default, tuple) else v
   settings = known_teacher.Settings(**kw)
   if not all(b.isdigit() and int(b) > 0 for b in _BENCH.value):
-    raise app.UsageError(f"--bench_batch_sizes takes positive integers, got {_BENCH.value}")
+    raise ValueError(f"--bench_batch_sizes takes positive integers, got {_BENCH.value}")
   batches = [int(b) for b in _BENCH.value]
   os.makedirs(_OUT.value, exist_ok=True)
   models = {}
@@ -87,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)  # quiet logging; bad input -> one error line, exit 2
